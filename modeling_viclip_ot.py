@@ -1,0 +1,494 @@
+"""ViCLIP-OT: a timm image tower and a transformers text tower mapped to one L2-normalised embedding space."""
+
+import inspect
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+try:
+    from .configuration_viclip_ot import ViCLIPOTConfig
+    from .processing_viclip_ot import ViCLIPOTImageProcessor, ViCLIPOTProcessor, load_rgb_image
+except ImportError:  # imported as a top-level module (installed package) rather than as remote code
+    from configuration_viclip_ot import ViCLIPOTConfig
+    from processing_viclip_ot import ViCLIPOTImageProcessor, ViCLIPOTProcessor, load_rgb_image
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Contrastive losses (REFERENCE §2). Row k of a batch pairs caption k with its image caption_image_index[k].
+# --------------------------------------------------------------------------------------------------------------
+
+
+def same_image_mask(caption_image_index):
+    """N x N boolean matrix: captions i and j describe the same image."""
+    return caption_image_index[:, None] == caption_image_index[None, :]
+
+
+def caption_row_logits(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None):
+    """N x N logits s * x_i . y_j (+ b): row i is the image of caption i, column j is caption j."""
+    logits = logit_scale * image_embeds.index_select(0, caption_image_index) @ text_embeds.T
+    return logits if logit_bias is None else logits + logit_bias
+
+
+def multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, logit_scale):
+    """CLIP loss with several captions per image: each row's target is uniform over its same-image columns;
+    the mean of the image->text and text->image cross-entropies."""
+    logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, logit_scale)
+    positives = same_image_mask(caption_image_index).to(logits.dtype)
+    targets = positives / positives.sum(dim=1, keepdim=True)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias):
+    """SigLIP loss with several captions per image: (1/N) sum_ij w_ij softplus(-z_ij l_ij), z = +1 on same-image
+    pairs and -1 elsewhere, w = 1/(positives of row i) on positives and 1 on negatives."""
+    logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias)
+    positives = same_image_mask(caption_image_index)
+    signs = positives.to(logits.dtype) * 2 - 1
+    weights = torch.where(positives, 1 / positives.sum(dim=1, keepdim=True).to(logits.dtype), 1.0)
+    return (weights * F.softplus(-signs * logits)).sum() / logits.shape[0]
+
+
+def check_caption_image_index(caption_image_index, num_images, num_captions):
+    """Raise a clear error unless every caption points at one of the batch's images."""
+    if caption_image_index.shape != (num_captions,):
+        raise ValueError(f"caption_image_index has shape {tuple(caption_image_index.shape)}, expected ({num_captions},)")
+    if num_captions and (caption_image_index.min() < 0 or caption_image_index.max() >= num_images):
+        raise ValueError(f"caption_image_index must lie in [0, {num_images}) for a batch of {num_images} images")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ViCLIPOTOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor`, *optional*): the multi-positive CLIP (or SigLIP) loss, when `return_loss=True`.
+    logits_per_image (`torch.FloatTensor` of shape `(num_images, num_captions)`): scaled cosine similarities
+        (plus the bias of a SigLIP model).
+    logits_per_text (`torch.FloatTensor` of shape `(num_captions, num_images)`): the transpose.
+    text_embeds (`torch.FloatTensor` of shape `(num_captions, projection_dim)`): L2-normalised text embeddings.
+    image_embeds (`torch.FloatTensor` of shape `(num_images, projection_dim)`): L2-normalised image embeddings.
+    text_model_output, vision_model_output (`BaseModelOutputWithPooling`): the towers' outputs; `pooler_output`
+        holds the projected, not yet normalised, embeddings.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple[Any]:
+        return tuple(
+            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
+            for k in self.keys()
+        )
+
+
+def build_image_head(kind, in_dim, out_dim, dropout):
+    """`linear`: Dropout -> Linear (no bias); `mlp`: Linear -> GELU -> Dropout -> Linear; `none`: identity."""
+    if kind == "none":
+        if in_dim != out_dim:
+            raise ValueError(f"vision_head='none' needs the image tower's width ({in_dim}) == projection_dim ({out_dim})")
+        return nn.Identity()
+    if kind == "linear":
+        layers = [("drop", nn.Dropout(dropout)), ("proj", nn.Linear(in_dim, out_dim, bias=False))]
+    else:
+        hidden = 2 * out_dim
+        layers = [
+            ("fc", nn.Linear(in_dim, hidden)),
+            ("act", nn.GELU()),
+            ("drop", nn.Dropout(dropout)),
+            ("proj", nn.Linear(hidden, out_dim, bias=False)),
+        ]
+    return nn.Sequential(OrderedDict(layers))
+
+
+def build_text_projection(kind, in_dim, out_dim):
+    """A bias-free linear map, or the identity (`auto` picks the identity when the widths already agree)."""
+    if kind == "none" or (kind == "auto" and in_dim == out_dim):
+        if in_dim != out_dim:
+            raise ValueError(f"text_projection='none' needs the text tower's width ({in_dim}) == projection_dim ({out_dim})")
+        return nn.Identity()
+    return nn.Linear(in_dim, out_dim, bias=False)
+
+
+def create_image_tower(config, **timm_kwargs):
+    """The timm image tower of `config`, headless, pooled as `config.vision_pooling`."""
+    if not timm.is_model(config.vision_model_name):
+        raise ValueError(
+            f"unknown timm image tower {config.vision_model_name!r}; `timm.list_models()` lists the architectures"
+        )
+    kwargs = {**config.vision_model_kwargs, **timm_kwargs}
+    return timm.create_model(config.vision_model_name, num_classes=0, global_pool=config.vision_pooling, **kwargs)
+
+
+def create_text_tower(text_config):
+    """The transformers text tower of `text_config`, without its (unused) pooler layer."""
+    model_class = AutoModel._model_mapping[type(text_config)]
+    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
+    return AutoModel.from_config(text_config, **kwargs)
+
+
+class ViCLIPOTModel(PreTrainedModel):
+    r"""ViCLIP-OT dual encoder. Images: timm tower -> pooling -> head; texts: transformers tower -> masked mean
+    (or CLS) pooling -> optional projection; both L2-normalised. Load it with
+    `AutoModel.from_pretrained(path, trust_remote_code=True)`, or build one from pretrained towers with
+    [`ViCLIPOTModel.from_towers`].
+    """
+
+    config_class = ViCLIPOTConfig
+    base_model_prefix = "viclip_ot"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: ViCLIPOTConfig):
+        super().__init__(config)
+        self.vision_model = create_image_tower(config)
+        vision_width = getattr(self.vision_model, "head_hidden_size", None) or self.vision_model.num_features
+        self.vision_head = build_image_head(
+            config.vision_head, vision_width, config.projection_dim, config.vision_head_dropout
+        )
+        self.text_model = create_text_tower(config.text_config)
+        self.text_projection = build_text_projection(
+            config.text_projection, config.text_config.hidden_size, config.projection_dim
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        bias = config.logit_bias_init_value
+        self.logit_bias = None if bias is None else nn.Parameter(torch.tensor(float(bias)))
+        self._processor = None
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Only the heads and the logit scale/bias are initialised here: the towers keep their own (timm's, or
+        the text model's) initialisation or their pretrained weights. Non-persistent buffers such as DINOv3's
+        RoPE periods are recomputed, since loading leaves them empty."""
+        if module is self:
+            init.constant_(self.logit_scale, self.config.logit_scale_init_value)
+            if self.logit_bias is not None:
+                init.constant_(self.logit_bias, self.config.logit_bias_init_value)
+        elif hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
+        elif isinstance(module, nn.Linear) and self._is_head_layer(module):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    def _is_head_layer(self, module):
+        return any(module is layer for head in (self.vision_head, self.text_projection) for layer in head.modules())
+
+    def _set_gradient_checkpointing(self, enable=True, gradient_checkpointing_func=None):
+        self.vision_model.set_grad_checkpointing(enable)
+        if enable:
+            self.text_model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        else:
+            self.text_model.gradient_checkpointing_disable()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        self._set_gradient_checkpointing(True)
+
+    def gradient_checkpointing_disable(self):
+        self._set_gradient_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self):
+        return self.text_model.is_gradient_checkpointing
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Features
+    # ----------------------------------------------------------------------------------------------------------
+
+    def get_image_features(self, pixel_values) -> BaseModelOutputWithPooling:
+        """`last_hidden_state`: the image tower's `forward_features`; `pooler_output`: pooled and projected,
+        not yet normalised."""
+        pixel_values = pixel_values.to(self._vision_dtype)
+        features = self.vision_model.forward_features(pixel_values)
+        pooled = self.vision_model.forward_head(features, pre_logits=True)
+        return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=self.vision_head(pooled))
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> BaseModelOutputWithPooling:
+        """`last_hidden_state`: the text tower's token states; `pooler_output`: pooled and projected, not yet
+        normalised."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            **({} if token_type_ids is None else {"token_type_ids": token_type_ids}),
+        )
+        hidden = outputs.last_hidden_state
+        if self.config.text_pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=self.text_projection(pooled))
+
+    @property
+    def _vision_dtype(self):
+        return next(self.vision_model.parameters()).dtype
+
+    def forward(
+        self,
+        input_ids=None,
+        pixel_values=None,
+        attention_mask=None,
+        token_type_ids=None,
+        caption_image_index=None,
+        return_loss=None,
+        return_dict=None,
+    ) -> ViCLIPOTOutput:
+        r"""
+        caption_image_index (`torch.LongTensor` of shape `(num_captions,)`, *optional*): the image (row of
+            `pixel_values`) each caption describes; defaults to caption k <-> image k.
+        return_loss (`bool`, *optional*): compute the multi-positive CLIP loss (SigLIP for a model with a
+            logit bias).
+        """
+        vision_outputs = self.get_image_features(pixel_values)
+        text_outputs = self.get_text_features(input_ids, attention_mask, token_type_ids)
+        image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
+        text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
+
+        scale = self.logit_scale.exp()
+        logits_per_text = scale * text_embeds @ image_embeds.T
+        if self.logit_bias is not None:
+            logits_per_text = logits_per_text + self.logit_bias
+
+        loss = None
+        if return_loss:
+            loss = self.contrastive_loss(image_embeds, text_embeds, caption_image_index)
+        output = ViCLIPOTOutput(
+            loss=loss,
+            logits_per_image=logits_per_text.T,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def contrastive_loss(self, image_embeds, text_embeds, caption_image_index=None):
+        """The multi-positive CLIP loss, or SigLIP's for a model with a logit bias, in fp32."""
+        if caption_image_index is None:
+            caption_image_index = torch.arange(text_embeds.shape[0], device=text_embeds.device)
+        check_caption_image_index(caption_image_index, image_embeds.shape[0], text_embeds.shape[0])
+        image_embeds, text_embeds = image_embeds.float(), text_embeds.float()
+        scale = self.logit_scale.float().exp()
+        if self.logit_bias is None:
+            return multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, scale)
+        return multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, scale, self.logit_bias.float())
+
+    @torch.no_grad()
+    def clamp_logit_scale(self):
+        """Keep the scale exp(logit_scale) within the config's bounds (call after each optimizer step)."""
+        low, high = torch.tensor([self.config.logit_scale_min, self.config.logit_scale_max]).log().tolist()
+        self.logit_scale.clamp_(low, high)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Encoding lists of images and texts
+    # ----------------------------------------------------------------------------------------------------------
+
+    @property
+    def processor(self) -> ViCLIPOTProcessor:
+        """The processor saved with the model (loaded on first use), or the one set with `model.processor = p`."""
+        if self._processor is None:
+            if not self.name_or_path:
+                raise ValueError("this model has no processor yet: set `model.processor = ViCLIPOTProcessor(...)`")
+            self._processor = ViCLIPOTProcessor.from_pretrained(self.name_or_path, trust_remote_code=True)
+        return self._processor
+
+    @processor.setter
+    def processor(self, processor):
+        self._processor = processor
+
+    @torch.no_grad()
+    def encode_image(self, images, batch_size=32, show_progress_bar=None) -> torch.Tensor:
+        """L2-normalised float32 embeddings (on the CPU) of PIL images or image paths, `batch_size` at a time."""
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        return self._encode(list(images), batch_size, show_progress_bar, "images")
+
+    @torch.no_grad()
+    def encode_text(self, texts, batch_size=32, show_progress_bar=None) -> torch.Tensor:
+        """L2-normalised float32 embeddings (on the CPU) of texts, `batch_size` at a time."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self._encode(list(texts), batch_size, show_progress_bar, "texts")
+
+    def _encode(self, items, batch_size, show_progress_bar, kind):
+        was_training = self.training
+        self.eval()
+        chunks = []
+        starts = range(0, len(items), batch_size)
+        for start in tqdm(starts, desc=f"encoding {kind}", disable=not show_progress_bar, unit="batch"):
+            batch = items[start : start + batch_size]
+            if kind == "images":
+                inputs = self.processor(images=[load_rgb_image(item) for item in batch])
+                embeds = self.get_image_features(inputs["pixel_values"].to(self.device)).pooler_output
+            else:
+                inputs = self.processor(text=batch).to(self.device)
+                embeds = self.get_text_features(**{k: v for k, v in inputs.items() if k != "pixel_values"}).pooler_output
+            chunks.append(F.normalize(embeds.float(), dim=-1).cpu())
+        self.train(was_training)
+        dim = self.config.projection_dim
+        return torch.cat(chunks) if chunks else torch.empty(0, dim)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Building from pretrained towers, saving
+    # ----------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_towers(cls, vision_model_name_or_path, text_model_name_or_path, word_segmentation=False, **config_kwargs):
+        """A new model whose towers hold pretrained weights; the heads are freshly initialised.
+
+        Args:
+            vision_model_name_or_path: a timm name, optionally with its pretrained tag
+                (`vit_base_patch16_dinov3.lvd1689m`, downloaded from the Hub), `hf-hub:<repo>`, a local folder
+                in timm's Hub layout (`config.json` + weights), or a weights file (`.safetensors`, `.pth`, `.bin`)
+                for the architecture given as `vision_model_name=...`.
+            text_model_name_or_path: a transformers model name or folder (a sentence-transformers folder too: its
+                pooling mode and maximum sequence length are read).
+            word_segmentation: segment Vietnamese words before tokenising (PhoBERT towers).
+            config_kwargs: any other [`ViCLIPOTConfig`] field.
+        """
+        vision_source = str(vision_model_name_or_path)
+        timm_kwargs = {"pretrained": True}
+        if Path(vision_source).is_file():
+            if "vision_model_name" not in config_kwargs:
+                raise ValueError(f"give vision_model_name=<timm architecture> for the weights file {vision_source}")
+            timm_kwargs["pretrained_cfg_overlay"] = {"file": vision_source}
+            architecture = config_kwargs["vision_model_name"]
+        elif Path(vision_source).is_dir():
+            timm_config = Path(vision_source, "config.json")
+            if not timm_config.is_file():
+                raise FileNotFoundError(f"{vision_source} is no timm model folder: {timm_config} is missing")
+            architecture = json.loads(timm_config.read_text())["architecture"]
+            timm_kwargs["pretrained_cfg_overlay"] = {"hf_hub_id": None, "file": str(_find_weights(vision_source))}
+        elif vision_source.startswith("hf-hub:"):
+            architecture = vision_source
+        else:
+            architecture = vision_source
+            if not timm.is_model(architecture):
+                raise ValueError(f"unknown timm image tower {architecture!r} (and no such file or folder)")
+        config_kwargs.setdefault("vision_model_name", architecture.split(".")[0])
+
+        text_source = str(text_model_name_or_path)
+        try:
+            text_config = AutoConfig.from_pretrained(text_source)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot load the text tower {text_source!r}: {error}") from error
+        sentence_transformers_settings = _read_sentence_transformers_settings(text_source)
+        if "text_pooling" in sentence_transformers_settings:
+            config_kwargs.setdefault("text_pooling", sentence_transformers_settings["text_pooling"])
+
+        config = ViCLIPOTConfig(text_config=text_config.to_dict(), **config_kwargs)
+        model = cls(config)
+        pretrained_vision = timm.create_model(
+            architecture if not Path(vision_source).exists() else config.vision_model_name,
+            num_classes=0,
+            global_pool=config.vision_pooling,
+            **{**config.vision_model_kwargs, **timm_kwargs},
+        )
+        model.vision_model.load_state_dict(pretrained_vision.state_dict())
+        pretrained_text = AutoModel.from_pretrained(text_source)
+        model.text_model.load_state_dict(pretrained_text.state_dict(), strict=False)
+        _check_loaded(model.text_model, pretrained_text, text_source)
+
+        tokenizer = AutoTokenizer.from_pretrained(text_source)
+        if "max_seq_length" in sentence_transformers_settings:
+            tokenizer.model_max_length = sentence_transformers_settings["max_seq_length"]
+        model.processor = ViCLIPOTProcessor(
+            ViCLIPOTImageProcessor(crop_size=config.image_size), tokenizer, word_segmentation=word_segmentation
+        )
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save weights (safetensors), config, code, the processor and the sentence-transformers files."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self._processor is not None:
+            self._processor.save_pretrained(save_directory)
+        write_sentence_transformers_files(save_directory)
+
+
+def _find_weights(folder):
+    for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        if Path(folder, name).is_file():
+            return Path(folder, name)
+    raise FileNotFoundError(f"no weights file (model.safetensors or pytorch_model.bin) in {folder}")
+
+
+def _check_loaded(tower, pretrained, source):
+    """Every parameter of `tower` must have come from the pretrained text model (its pooler may be left out)."""
+    missing = set(tower.state_dict()) - set(pretrained.state_dict())
+    if missing:
+        raise ValueError(f"the text tower {source!r} lacks {len(missing)} weights, e.g. {sorted(missing)[:3]}")
+
+
+def _read_sentence_transformers_settings(folder):
+    """Pooling mode and maximum sequence length of a local sentence-transformers folder (empty otherwise)."""
+    settings = {}
+    pooling_file = Path(folder, "1_Pooling", "config.json")
+    if pooling_file.is_file():
+        pooling = json.loads(pooling_file.read_text())
+        if pooling.get("pooling_mode_cls_token"):
+            settings["text_pooling"] = "cls"
+        elif pooling.get("pooling_mode_mean_tokens"):
+            settings["text_pooling"] = "mean"
+    bert_config = Path(folder, "sentence_bert_config.json")
+    if bert_config.is_file():
+        max_length = json.loads(bert_config.read_text()).get("max_seq_length")
+        if max_length:
+            settings["max_seq_length"] = max_length
+    return settings
+
+
+def write_sentence_transformers_files(save_directory):
+    """Make the saved folder load with `SentenceTransformer(folder, trust_remote_code=True)`: a Transformer module
+    that calls `get_text_features` / `get_image_features`, then L2 normalisation."""
+    folder = Path(save_directory)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Normalize", "type": "sentence_transformers.base.modules.Normalize"},
+    ]
+    transformer = {
+        "transformer_task": "feature-extraction",
+        "modality_config": {
+            "text": {"method": "get_text_features", "method_output_name": "pooler_output"},
+            "image": {"method": "get_image_features", "method_output_name": "pooler_output"},
+        },
+        "module_output_name": "sentence_embedding",
+    }
+    (folder / "1_Normalize").mkdir(exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps(transformer, indent=2))
+    (folder / "config_sentence_transformers.json").write_text(
+        json.dumps({"model_type": "SentenceTransformer", "similarity_fn_name": "cosine"}, indent=2)
+    )
+
+
+ViCLIPOTConfig.register_for_auto_class()
+ViCLIPOTModel.register_for_auto_class("AutoModel")

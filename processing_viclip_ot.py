@@ -1,0 +1,123 @@
+"""Processor of ViCLIP-OT: the paper's eval image transform and the text tower's tokenizer."""
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision import transforms
+from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers.image_processing_utils import BaseImageProcessor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_rgb_image(image):
+    """A PIL image in RGB mode from a PIL image or a path; palette, transparent, grayscale and CMYK images
+    are converted (transparency onto white)."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        with Image.open(path) as opened:
+            opened.load()
+            image = opened.copy()
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or a path, got {type(image).__name__}")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class ViCLIPOTImageProcessor(BaseImageProcessor):
+    r"""The paper's eval transform: Resize(`resize_size`, bicubic) -> CenterCrop(`crop_size`) -> ImageNet mean/std.
+
+    `resize_size` defaults to `crop_size * 256 / 224` (256 for the paper's 224 crop).
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(self, crop_size=224, resize_size=None, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, **kwargs):
+        super().__init__(**kwargs)
+        self.crop_size = crop_size
+        self.resize_size = resize_size or round(crop_size * 256 / 224)
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+
+    @property
+    def transform(self):
+        return transforms.Compose(
+            [
+                transforms.Resize(self.resize_size, interpolation=transforms.InterpolationMode.BICUBIC),
+                transforms.CenterCrop(self.crop_size),
+                transforms.ToTensor(),
+                transforms.Normalize(self.image_mean, self.image_std),
+            ]
+        )
+
+    def preprocess(self, images, return_tensors="pt", **kwargs):
+        if isinstance(images, (Image.Image, str, Path)):
+            images = [images]
+        transform = self.transform
+        pixel_values = torch.stack([transform(load_rgb_image(image)) for image in images])
+        return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+
+class ViCLIPOTProcessor(ProcessorMixin):
+    r"""Images through [`ViCLIPOTImageProcessor`], texts through the text tower's tokenizer (truncated at the
+    tower's maximum length).
+
+    Args:
+        word_segmentation (`bool`): segment Vietnamese words (`pyvi`) before tokenising, as PhoBERT was trained.
+            Off by default: the paper's weights were trained on unsegmented captions.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, word_segmentation=False, **kwargs):
+        self.word_segmentation = word_segmentation
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    def segment(self, texts):
+        """Texts as PhoBERT expects them when `word_segmentation` is on (`khung cảnh` -> `khung_cảnh`)."""
+        if not self.word_segmentation:
+            return texts
+        try:
+            from pyvi import ViTokenizer
+        except ImportError as error:
+            raise ImportError("word_segmentation=True needs pyvi: pip install 'viclip-ot[segmentation]'") from error
+        return [ViTokenizer.tokenize(text) for text in texts]
+
+    def __call__(self, text=None, images=None, return_tensors="pt", padding=True, max_length=None, **kwargs):
+        if text is None and images is None:
+            raise ValueError("give `text`, `images` or both")
+        features = {}
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            features.update(
+                self.tokenizer(
+                    self.segment(texts),
+                    padding=padding,
+                    truncation=True,
+                    max_length=max_length or self.tokenizer.model_max_length,
+                    return_tensors=return_tensors,
+                )
+            )
+        if images is not None:
+            features.update(self.image_processor(images, return_tensors=return_tensors))
+        return BatchFeature(features, tensor_type=return_tensors)
+
+    @property
+    def model_input_names(self):
+        return list(self.tokenizer.model_input_names) + ["pixel_values"]
+
+    @classmethod
+    def from_text_tower(cls, text_model_name_or_path, crop_size=224, word_segmentation=False):
+        """A processor for a new model: the tokenizer of a transformers text tower and the eval transform."""
+        tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
+        return cls(ViCLIPOTImageProcessor(crop_size=crop_size), tokenizer, word_segmentation=word_segmentation)
+
+
+ViCLIPOTImageProcessor.register_for_auto_class("AutoImageProcessor")
+ViCLIPOTProcessor.register_for_auto_class("AutoProcessor")

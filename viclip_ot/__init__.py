@@ -1,0 +1,1 @@
+"""Training-side library of ViCLIP-OT: losses, metrics, data collation, the SIGROT trainer."""
