@@ -13,17 +13,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 try:
     from .configuration_viclip_ot import ViCLIPOTConfig
-    from .processing_viclip_ot import ViCLIPOTImageProcessor, ViCLIPOTProcessor, load_rgb_image
+    from .processing_viclip_ot import ViCLIPOTProcessor, load_rgb_image, read_sentence_transformers_settings
 except ImportError:  # imported as a top-level module (installed package) rather than as remote code
     from configuration_viclip_ot import ViCLIPOTConfig
-    from processing_viclip_ot import ViCLIPOTImageProcessor, ViCLIPOTProcessor, load_rgb_image
+    from processing_viclip_ot import ViCLIPOTProcessor, load_rgb_image, read_sentence_transformers_settings
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -198,24 +198,11 @@ class ViCLIPOTModel(PreTrainedModel):
     def _is_head_layer(self, module):
         return any(module is layer for head in (self.vision_head, self.text_projection) for layer in head.modules())
 
-    def _set_gradient_checkpointing(self, enable=True, gradient_checkpointing_func=None):
+    def _set_gradient_checkpointing(self, enable=True, gradient_checkpointing_func=None, every_n_layers=1):
+        """Checkpoint both towers (called by `activation_checkpointing_enable` / `_disable`)."""
         self.vision_model.set_grad_checkpointing(enable)
-        if enable:
-            self.text_model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        else:
-            self.text_model.gradient_checkpointing_disable()
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self._set_gradient_checkpointing(True)
-
-    def gradient_checkpointing_disable(self):
-        self._set_gradient_checkpointing(False)
-
-    @property
-    def is_gradient_checkpointing(self):
-        return self.text_model.is_gradient_checkpointing
+        kwargs = {} if gradient_checkpointing_func is None else {"gradient_checkpointing_func": gradient_checkpointing_func}
+        self.text_model._set_gradient_checkpointing(enable=enable, every_n_layers=every_n_layers, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------
     # Features
@@ -401,7 +388,7 @@ class ViCLIPOTModel(PreTrainedModel):
             text_config = AutoConfig.from_pretrained(text_source)
         except (OSError, ValueError) as error:
             raise ValueError(f"cannot load the text tower {text_source!r}: {error}") from error
-        sentence_transformers_settings = _read_sentence_transformers_settings(text_source)
+        sentence_transformers_settings = read_sentence_transformers_settings(text_source)
         if "text_pooling" in sentence_transformers_settings:
             config_kwargs.setdefault("text_pooling", sentence_transformers_settings["text_pooling"])
 
@@ -418,11 +405,8 @@ class ViCLIPOTModel(PreTrainedModel):
         model.text_model.load_state_dict(pretrained_text.state_dict(), strict=False)
         _check_loaded(model.text_model, pretrained_text, text_source)
 
-        tokenizer = AutoTokenizer.from_pretrained(text_source)
-        if "max_seq_length" in sentence_transformers_settings:
-            tokenizer.model_max_length = sentence_transformers_settings["max_seq_length"]
-        model.processor = ViCLIPOTProcessor(
-            ViCLIPOTImageProcessor(crop_size=config.image_size), tokenizer, word_segmentation=word_segmentation
+        model.processor = ViCLIPOTProcessor.from_text_tower(
+            text_source, crop_size=config.image_size, word_segmentation=word_segmentation
         )
         return model
 
@@ -446,24 +430,6 @@ def _check_loaded(tower, pretrained, source):
     missing = set(tower.state_dict()) - set(pretrained.state_dict())
     if missing:
         raise ValueError(f"the text tower {source!r} lacks {len(missing)} weights, e.g. {sorted(missing)[:3]}")
-
-
-def _read_sentence_transformers_settings(folder):
-    """Pooling mode and maximum sequence length of a local sentence-transformers folder (empty otherwise)."""
-    settings = {}
-    pooling_file = Path(folder, "1_Pooling", "config.json")
-    if pooling_file.is_file():
-        pooling = json.loads(pooling_file.read_text())
-        if pooling.get("pooling_mode_cls_token"):
-            settings["text_pooling"] = "cls"
-        elif pooling.get("pooling_mode_mean_tokens"):
-            settings["text_pooling"] = "mean"
-    bert_config = Path(folder, "sentence_bert_config.json")
-    if bert_config.is_file():
-        max_length = json.loads(bert_config.read_text()).get("max_seq_length")
-        if max_length:
-            settings["max_seq_length"] = max_length
-    return settings
 
 
 def write_sentence_transformers_files(save_directory):

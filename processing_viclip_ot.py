@@ -1,5 +1,6 @@
 """Processor of ViCLIP-OT: the paper's eval image transform and the text tower's tokenizer."""
 
+import json
 from pathlib import Path
 
 import torch
@@ -30,6 +31,24 @@ def load_rgb_image(image):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def read_sentence_transformers_settings(folder):
+    """Pooling mode and maximum sequence length of a local sentence-transformers folder (empty otherwise)."""
+    settings = {}
+    pooling_file = Path(folder, "1_Pooling", "config.json")
+    if pooling_file.is_file():
+        pooling = json.loads(pooling_file.read_text())
+        if pooling.get("pooling_mode_cls_token"):
+            settings["text_pooling"] = "cls"
+        elif pooling.get("pooling_mode_mean_tokens"):
+            settings["text_pooling"] = "mean"
+    bert_config = Path(folder, "sentence_bert_config.json")
+    if bert_config.is_file():
+        max_length = json.loads(bert_config.read_text()).get("max_seq_length")
+        if max_length:
+            settings["max_seq_length"] = max_length
+    return settings
 
 
 class ViCLIPOTImageProcessor(BaseImageProcessor):
@@ -114,8 +133,12 @@ class ViCLIPOTProcessor(ProcessorMixin):
 
     @classmethod
     def from_text_tower(cls, text_model_name_or_path, crop_size=224, word_segmentation=False):
-        """A processor for a new model: the tokenizer of a transformers text tower and the eval transform."""
+        """A processor for a new model: the tokenizer of a transformers text tower (with the maximum length of a
+        sentence-transformers folder, if it is one) and the eval transform."""
         tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
+        max_length = read_sentence_transformers_settings(text_model_name_or_path).get("max_seq_length")
+        if max_length:
+            tokenizer.model_max_length = max_length
         return cls(ViCLIPOTImageProcessor(crop_size=crop_size), tokenizer, word_segmentation=word_segmentation)
 
 

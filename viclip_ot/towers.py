@@ -61,12 +61,14 @@ def small_image_tower_kwargs(embed_dim=32, depth=2, num_heads=2, image_size=32, 
 
 def small_config(text_folder, image_size=32, projection_dim=16, **overrides) -> ViCLIPOTConfig:
     """A [`ViCLIPOTConfig`] with a small DINOv3-layout image tower and the text tower saved in `text_folder`."""
-    vision_kwargs = overrides.pop("vision_model_kwargs", small_image_tower_kwargs(image_size=image_size))
+    settings = {
+        "vision_model_name": "vit_small_patch16_dinov3",
+        "vision_model_kwargs": small_image_tower_kwargs(image_size=image_size),
+        **overrides,
+    }
     return ViCLIPOTConfig(
-        vision_model_name="vit_small_patch16_dinov3",
-        vision_model_kwargs=vision_kwargs,
         image_size=image_size,
         text_config=AutoConfig.from_pretrained(text_folder).to_dict(),
         projection_dim=projection_dim,
-        **overrides,
+        **settings,
     )

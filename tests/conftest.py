@@ -1,0 +1,63 @@
+"""Shared fixtures: small towers built offline (no downloads), real sample photographs."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling_viclip_ot import ViCLIPOTModel
+from processing_viclip_ot import ViCLIPOTProcessor
+from viclip_ot.towers import save_small_text_tower, small_config
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+VIETNAMESE_TEXTS = [
+    "hai hình tròn màu đỏ ở bên trái",
+    "một hình vuông màu xanh lá ở giữa bức ảnh",
+    "ba tam giác màu vàng trên nền trắng",
+    "một con mèo đang nằm trên ghế sofa",
+    "người đàn ông đi xe máy trên đường phố Hà Nội",
+    "tách cà phê đặt trên bàn gỗ",
+    "khung cảnh xuất hiện ở phía trước một căn nhà",
+    "có một căn nhà cao tầng xuất hiện ở trong bức ảnh",
+    "nhiều người đang đứng chờ xe buýt",
+    "bầu trời xanh và những đám mây trắng",
+]
+
+
+@pytest.fixture(scope="session")
+def text_tower_dir(tmp_path_factory):
+    """A small BERT text tower with a WordPiece tokenizer trained on Vietnamese sentences."""
+    return save_small_text_tower(tmp_path_factory.mktemp("bert_tower"), VIETNAMESE_TEXTS * 5, model_type="bert")
+
+
+@pytest.fixture(scope="session")
+def roberta_tower_dir(tmp_path_factory):
+    """A small RoBERTa text tower (the paper's text tower family)."""
+    return save_small_text_tower(tmp_path_factory.mktemp("roberta_tower"), VIETNAMESE_TEXTS * 5, model_type="roberta")
+
+
+@pytest.fixture
+def make_model(roberta_tower_dir):
+    """Build a small model (DINOv3 layout, RoBERTa text tower by default) with its processor attached."""
+
+    def make(text_folder=None, seed=0, **config_overrides):
+        text_folder = text_folder or roberta_tower_dir
+        torch.manual_seed(seed)
+        model = ViCLIPOTModel(small_config(text_folder, **config_overrides)).eval()
+        model.processor = ViCLIPOTProcessor.from_text_tower(text_folder, crop_size=model.config.image_size)
+        return model
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Real photographs shipped with scikit-image and scikit-learn, as RGB PIL images."""
+    from skimage import data
+
+    arrays = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    return [Image.fromarray(np.asarray(array)) for array in arrays]
