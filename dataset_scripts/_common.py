@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
 import typing
 import warnings
@@ -23,8 +22,6 @@ from pathlib import Path
 
 import datasets
 from PIL import Image, ImageFile
-
-logger = logging.getLogger(__name__)
 
 SHOWN = 5  # how many offending items an error or warning lists
 
@@ -68,9 +65,7 @@ class Entry:
 
 
 def read_json(path: Path, object_pairs_hook=None):
-    """Parse a JSON annotation file; a missing or malformed file is a ``CorpusError`` naming it."""
-    if not path.is_file():
-        raise CorpusError(f"missing annotation file {path}")
+    """Parse a JSON annotation file; a malformed file is a ``CorpusError`` naming it."""
     try:
         with open(path, encoding="utf-8") as file:
             return json.load(file, object_pairs_hook=object_pairs_hook)
@@ -155,7 +150,7 @@ def warn_size_mismatch(corpus: str, split: str, known: tuple, entries: list[Entr
     if images != known_images or (known_captions is not None and captions != known_captions):
         published = f"{known_images} images" + (f" / {known_captions} captions" if known_captions else "")
         message = f"{corpus} {split}: found {images} images / {captions} captions, the published split has {published}"
-        warnings.warn(message, CorpusWarning, stacklevel=2)
+        warnings.warn(message, CorpusWarning)
 
 
 def _decode(raw: bytes, allow_truncated: bool) -> Image.Image:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
 from torchvision import transforms
@@ -66,8 +67,6 @@ def load_descriptor(model_path=None, timm_model=None, image_size=None, device="c
         identity = f"torchscript:{os.path.abspath(model_path)}:{stat.st_size}:{stat.st_mtime_ns}"
         descriptor = Descriptor(model, identity, size or (SSCD_IMAGE_SIZE, SSCD_IMAGE_SIZE))
     else:
-        import timm
-
         model = timm.create_model(timm_model, pretrained=pretrained, num_classes=0)
         config = timm.data.resolve_model_data_config(model)
         identity = f"timm:{timm_model}:pretrained={pretrained}"
