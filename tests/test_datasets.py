@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFile
 
-from dataset_scripts import LANGUAGES, CorpusError, CorpusWarning, load_corpus
+from dataset_scripts import LANGUAGES, CorpusError, CorpusWarning, Crossmodal3600, load_corpus
 from dataset_scripts import dedupe, demo, export
 from dataset_scripts.demo import make_scene
 from dataset_scripts.report import read_report
@@ -181,7 +181,9 @@ def test_crossmodal3600_languages(tmp_path):
         vi = load_corpus("crossmodal3600", tmp_path / "xm", "test", cache_dir=tmp_path / "cache")
     assert vi["image_id"] == ["0123456789abcdef", "fedcba9876543210", "00000000000000aa"]
     assert vi["captions"] == [["ảnh số 0"], ["ảnh số 1", "bức ảnh thứ 1"], ["ảnh số 2"]]
-    fil = load_corpus("crossmodal3600", tmp_path / "xm", "test", cache_dir=tmp_path / "cache", language="fil")
+    builder = Crossmodal3600(data_dir=str(tmp_path / "xm"), cache_dir=str(tmp_path / "cache"), language="fil")  # by import
+    builder.download_and_prepare()
+    fil = builder.as_dataset("test")
     assert fil["captions"] == [["fil caption 0.0"], ["fil caption 1.0", "fil caption 1.1"], ["fil caption 2.0"]]
     with pytest.raises(CorpusError, match="unknown Crossmodal-3600 language 'xx'; choose one of ar, bn, .* zh"):
         load_corpus("crossmodal3600", tmp_path / "xm", cache_dir=tmp_path / "cache", language="xx")
@@ -353,6 +355,7 @@ def test_dedupe_finds_copies_and_load_corpus_removes_them(tmp_path):
     report = dedupe.main(args)
 
     assert report == read_report(tmp_path / "report.json")
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically
     removed = {entry["image_id"]: entry for entry in report["removed"]}
     assert list(removed) == ["10", "11", "12"]
     assert {i: e["match_id"] for i, e in removed.items()} == {"10": "00000000009.jpg", "11": "00000000002.jpg", "12": "00000000005.jpg"}
