@@ -1,0 +1,136 @@
+"""Options of `train.py`: model, data and loss fields beside transformers' `TrainingArguments`.
+
+A YAML config gives any of them; command-line flags override it (`--learning_rate 1e-4`).
+"""
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Continue from a saved ViCLIP-OT model (Hub id or folder); towers are ignored."}
+    )
+    vision_tower: str = field(
+        default="vit_base_patch16_dinov3.lvd1689m",
+        metadata={"help": "timm name with pretrained tag, hf-hub:<repo>, timm folder, or weights file."},
+    )
+    text_tower: str = field(default="keepitreal/vietnamese-sbert", metadata={"help": "transformers name or folder."})
+    small_towers: bool = field(
+        default=False,
+        metadata={"help": "Build small random towers instead (DINOv3 layout; a BERT with a tokenizer trained on the "
+                          "training captions): the demo, or a smoke test."},
+    )
+    vision_model_name: str | None = field(default=None, metadata={"help": "timm architecture for a weights file."})
+    vision_model_kwargs: str = field(default="{}", metadata={"help": "JSON of extra timm.create_model arguments."})
+    vision_pooling: str = "avg"
+    vision_head: str = "linear"
+    vision_head_dropout: float = 0.1
+    image_size: int = 224
+    text_pooling: str | None = field(default=None, metadata={"help": "mean or cls (default: the tower's own)."})
+    projection_dim: int = 768
+    logit_scale_init: float = field(default=math.log(1 / 0.07), metadata={"help": "Initial log of the logit scale."})
+    logit_bias_init: float | None = field(default=None, metadata={"help": "Set (e.g. -10) for a SigLIP model."})
+    word_segmentation: bool = field(default=False, metadata={"help": "Segment Vietnamese words (PhoBERT towers)."})
+
+    def config_kwargs(self):
+        """[`ViCLIPOTConfig`] fields set by these arguments."""
+        kwargs = {
+            "vision_model_kwargs": json.loads(self.vision_model_kwargs),
+            "vision_pooling": self.vision_pooling,
+            "vision_head": self.vision_head,
+            "vision_head_dropout": self.vision_head_dropout,
+            "image_size": self.image_size,
+            "projection_dim": self.projection_dim,
+            "logit_scale_init_value": self.logit_scale_init,
+            "logit_bias_init_value": self.logit_bias_init,
+        }
+        if self.text_pooling:
+            kwargs["text_pooling"] = self.text_pooling
+        if self.vision_model_name:
+            kwargs["vision_model_name"] = self.vision_model_name
+        return kwargs
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="uit-openviic", metadata={"help": "uit-openviic, ktvic, crossmodal3600, json or demo."})
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = field(default="validation", metadata={"help": "Split for validation (none: skip)."})
+    test_split: str | None = field(default=None, metadata={"help": "Split evaluated before and after training."})
+    corpus_options: str = field(default="{}", metadata={"help": "JSON of corpus options, e.g. {\"language\": \"vi\"}."})
+    teacher_embeddings: str | None = field(default=None, metadata={"help": "Teacher file of the train split."})
+    max_train_images: int | None = None
+    max_eval_images: int | None = None
+    horizontal_flip: bool = field(default=True, metadata={"help": "Flip training images (off when captions say left/right)."})
+
+
+@dataclass
+class LossArguments:
+    loss_type: str = field(
+        default="clip_sigrot",
+        metadata={"help": "clip, siglip, clip_sigrot, siglip_sigrot, sigrot, clip_uot or siglip_uot."},
+    )
+    contrastive_weight: float = field(default=0.1, metadata={"help": "lambda in L_SIGROT + lambda * L_contrastive."})
+    ot_reg: float = field(default=0.05, metadata={"help": "Entropic regularisation eps."})
+    ot_reg_m: float = field(default=0.5, metadata={"help": "Marginal relaxation tau (inf: balanced OT)."})
+    ot_max_iter: int = 200
+    ot_tol: float = 1e-6
+    graph_strategy: str = field(
+        default="cross_modality",
+        metadata={"help": "cross_modality, arithmetic_mean, harmonic_mean, caption_only or image_only."},
+    )
+    prior_temperature: float | None = field(
+        default=None, metadata={"help": "Fixed temperature of the prior (default: the model's learnable scale)."}
+    )
+    detach_plan: bool = field(default=False, metadata={"help": "Stop gradients through the Sinkhorn iterations."})
+
+
+@dataclass
+class ViCLIPOTTrainingArguments(TrainingArguments):
+    head_learning_rate: float = field(default=2e-4, metadata={"help": "Learning rate of heads, logit scale and bias."})
+    gradcache_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Images per chunk of gradient caching (a contrastive batch is per_device_train_batch_size "
+                          "images on every process); none: encode the batch at once."},
+    )
+    warmup_start_factor: float = field(default=0.01, metadata={"help": "Warm-up starts at this fraction of the lr."})
+    freeze_image_blocks: int = field(default=0, metadata={"help": "Freeze the patch embedding and the first N blocks."})
+    freeze_text_tower: bool = False
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, LossArguments, ViCLIPOTTrainingArguments)
+
+
+def read_config(path):
+    """A YAML config's values; `base: other.yaml` (relative to the file) supplies the values it does not set."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    values = yaml.safe_load(path.read_text()) or {}
+    base = values.pop("base", None)
+    return {**read_config(path.parent / base), **values} if base else values
+
+
+def parse_arguments(argv):
+    """`argv` = [config.yaml] [--field value ...]: the YAML's values, overridden by the flags."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        values = read_config(argv[0])
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{argv[0]}: unknown options {unknown}")
+        parser.set_defaults(**{k: json.dumps(v) if isinstance(v, dict) else v for k, v in values.items()})
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False
+        argv = argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)

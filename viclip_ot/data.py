@@ -1,0 +1,55 @@
+"""Training batches: each image once (augmented), every caption of it, its teacher rows."""
+
+from dataclasses import dataclass
+
+import torch
+from torchvision import transforms
+
+from processing_viclip_ot import ViCLIPOTProcessor, load_rgb_image
+
+
+def train_transform(image_processor, horizontal_flip=True):
+    """The paper's train transform: RandomRotation(15) -> RandomResizedCrop(scale 0.8-1, bicubic) -> flip ->
+    ColorJitter(0.2, 0.2, 0.2, 0) -> normalisation, at the crop size and mean/std of `image_processor`.
+
+    Turn the flip off for captions that say left and right (the demo corpus does)."""
+    steps = [
+        transforms.RandomRotation(15),
+        transforms.RandomResizedCrop(
+            image_processor.crop_size, scale=(0.8, 1.0), interpolation=transforms.InterpolationMode.BICUBIC
+        ),
+    ]
+    if horizontal_flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [
+        transforms.ColorJitter(0.2, 0.2, 0.2, 0),
+        transforms.ToTensor(),
+        transforms.Normalize(image_processor.image_mean, image_processor.image_std),
+    ]
+    return transforms.Compose(steps)
+
+
+@dataclass
+class ContrastiveCollator:
+    """Rows (`image`, `image_id`, `captions`) -> `pixel_values` (one per image), `input_ids` / `attention_mask`
+    (every caption, grouped by image), `caption_image_index`, and the teacher rows when there is a teacher."""
+
+    processor: ViCLIPOTProcessor
+    image_transform: object
+    teacher: object = None
+
+    def __call__(self, rows):
+        pixel_values = torch.stack([self.image_transform(load_rgb_image(row["image"])) for row in rows])
+        captions = [caption for row in rows for caption in row["captions"]]
+        caption_image_index = torch.tensor([i for i, row in enumerate(rows) for _ in row["captions"]])
+        text = self.processor(text=captions)
+        batch = {
+            "pixel_values": pixel_values,
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+            "caption_image_index": caption_image_index,
+        }
+        if self.teacher is not None:
+            image_rows, text_rows = self.teacher.lookup([row["image_id"] for row in rows])
+            batch["teacher_image_embeds"], batch["teacher_text_embeds"] = image_rows, text_rows
+        return batch

@@ -1,0 +1,92 @@
+"""Model cards for saved and pushed ViCLIP-OT models: Hub metadata, results (model-index), usage, training config."""
+
+from pathlib import Path
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+RECALL_KEYS = ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "avg_R")
+
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+A ViCLIP-OT dual encoder for Vietnamese image-text retrieval: a `{{ vision_tower }}` image tower (timm) and a
+`{{ text_tower }}` text tower (transformers) mapped to one {{ projection_dim }}-d L2-normalised space, trained with
+the `{{ loss_type }}` loss (contrastive learning plus SIGROT, similarity-graph regularised unbalanced optimal
+transport).
+
+## Usage
+
+```python
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("{{ repo_id }}", trust_remote_code=True).eval()
+images = model.encode_image(["street.jpg", "market.jpg"])  # L2-normalised rows
+texts = model.encode_text(["người đàn ông đi xe máy trên đường phố"])
+scores = texts @ images.T
+```
+
+It also loads with `SentenceTransformer("{{ repo_id }}", trust_remote_code=True)`, whose `encode()` takes strings
+and PIL images.
+
+## Results
+
+{{ results_table }}
+
+## Training configuration
+
+```yaml
+{{ training_config }}
+```
+"""
+
+
+def results_table(results, dataset_name):
+    """A Markdown table of the recall metrics (percent) of one evaluation."""
+    if not results:
+        return "No evaluation results yet."
+    keys = [key for key in RECALL_KEYS if key in results]
+    header = "| dataset | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys)
+    return header + f"\n| {dataset_name} | " + " | ".join(f"{results[k]:.2f}" for k in keys) + " |"
+
+
+def write_model_card(folder, model_config, *, repo_id=None, results=None, dataset_name=None, split="test",
+                     training_config=None, base_models=(), license="gpl-3.0"):
+    """Write `folder/README.md`; `results` are `retrieval_metrics` keys (without an `eval_` prefix)."""
+    repo_id = repo_id or Path(folder).name
+    eval_results = [
+        EvalResult(
+            task_type="image-text-retrieval", dataset_type=dataset_name or "unknown", dataset_name=dataset_name or "unknown",
+            dataset_split=split, metric_type="recall", metric_name=key, metric_value=float(results[key]),
+        )
+        for key in RECALL_KEYS
+        if results and key in results
+    ]
+    card_data = ModelCardData(
+        language=["vi"],
+        license=license,
+        library_name="transformers",
+        pipeline_tag="feature-extraction",
+        tags=["viclip-ot", "image-text-retrieval", "clip", "optimal-transport", "sentence-transformers", "vietnamese"],
+        datasets=[dataset_name] if dataset_name else None,
+        base_model=[model for model in base_models if model] or None,
+        model_name=repo_id,
+        eval_results=eval_results or None,
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_str=TEMPLATE,
+        model_name=repo_id,
+        repo_id=repo_id,
+        vision_tower=model_config.vision_model_name,
+        text_tower=model_config.text_config._name_or_path or model_config.text_config.model_type,
+        projection_dim=model_config.projection_dim,
+        loss_type=(training_config or {}).get("loss_type", "unknown"),
+        results_table=results_table(results, dataset_name),
+        training_config=yaml.safe_dump(training_config or {}, sort_keys=True, allow_unicode=True).strip(),
+    )
+    card.save(Path(folder) / "README.md")
+    return card

@@ -1,0 +1,235 @@
+"""`ViCLIPOTTrainer`: transformers' Trainer with the hybrid SIGROT loss, gradient caching, two learning rates,
+retrieval validation and Hub checkpoints that load as remote-code models."""
+
+import contextlib
+import math
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import SchedulerType
+
+from .evaluation import encode_corpus
+from .gradcache import cached_backward
+from .metrics import retrieval_metrics
+from .model_card import write_model_card
+
+HEAD_PARAMETERS = ("vision_head.", "text_projection.", "logit_scale", "logit_bias")
+# Files of a checkpoint folder that are training state, not part of the model a user loads.
+TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "rng_state")
+
+
+class LogitScaleClamp(TrainerCallback):
+    """Keep the logit scale within the config's bounds after every optimizer step."""
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        model.clamp_logit_scale()
+
+
+def freeze(model, image_blocks=0, text_tower=False):
+    """Freeze the image tower's patch embedding and first `image_blocks` blocks, and/or the whole text tower."""
+    if image_blocks:
+        vision = model.vision_model
+        for module in [vision.patch_embed, *list(vision.blocks)[:image_blocks]]:
+            module.requires_grad_(False)
+        for name in ("cls_token", "reg_token", "pos_embed"):
+            if getattr(vision, name, None) is not None:
+                getattr(vision, name).requires_grad_(False)
+    if text_tower:
+        model.text_model.requires_grad_(False)
+
+
+def image_chunks(inputs, chunk_size):
+    """Split a batch into chunks of `chunk_size` images with their captions (captions are grouped by image)."""
+    index = inputs["caption_image_index"]
+    chunks = []
+    for start in range(0, inputs["pixel_values"].shape[0], chunk_size):
+        stop = start + chunk_size
+        first, last = torch.searchsorted(index, torch.tensor([start, stop], device=index.device)).tolist()
+        chunks.append({
+            "pixel_values": inputs["pixel_values"][start:stop],
+            "input_ids": inputs["input_ids"][first:last],
+            "attention_mask": inputs["attention_mask"][first:last],
+        })
+    return chunks
+
+
+class ViCLIPOTTrainer(Trainer):
+    """Trains a [`ViCLIPOTModel`] with `loss_fn` (a `viclip_ot.losses.ContrastiveOTLoss`).
+
+    A contrastive batch is `per_device_train_batch_size` images with all their captions on every process, gathered
+    into one batch across processes; each gradient-accumulation step is its own contrastive batch. With
+    `gradcache_chunk_size`, the batch is encoded in chunks with cached gradients (`viclip_ot.gradcache`).
+    """
+
+    def __init__(self, *args, loss_fn, eval_dataset_name=None, training_config=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_fn = loss_fn
+        self.eval_dataset_name = eval_dataset_name
+        self.training_config = training_config or {}
+        self._loss_sums = defaultdict(float)
+        self._loss_count = 0
+        self.add_callback(LogitScaleClamp())
+
+    # ---- loss ------------------------------------------------------------------------------------------------
+
+    def _batch_loss(self, image_embeds, text_embeds, inputs, logit_scale, logit_bias):
+        """The configured loss of the contrastive batch spanning all processes (`logit_scale` = log of the scale)."""
+        result = self.loss_fn(
+            image_embeds, text_embeds, inputs["caption_image_index"], logit_scale.float().exp(),
+            None if logit_bias is None else logit_bias.float(),
+            teacher_image_embeds=inputs.get("teacher_image_embeds"),
+            teacher_text_embeds=inputs.get("teacher_text_embeds"),
+        )
+        for name in ("contrastive", "sigrot"):
+            if getattr(result, name) is not None:
+                self._loss_sums[name] += float(getattr(result, name))
+        self._loss_count += 1
+        return result.loss
+
+    def _scale_parameters(self):
+        model = self.accelerator.unwrap_model(self.model)
+        return [model.logit_scale] + ([model.logit_bias] if model.logit_bias is not None else [])
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                        attention_mask=inputs["attention_mask"])
+        scale, *bias = self._scale_parameters()
+        loss = self._batch_loss(outputs.image_embeds, outputs.text_embeds, inputs, scale, bias[0] if bias else None)
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        chunk_size = self.args.gradcache_chunk_size
+        if not chunk_size or chunk_size >= inputs["pixel_values"].shape[0]:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+
+        def encode(chunk):
+            with self.compute_loss_context_manager():
+                outputs = model(**chunk)
+            return outputs.image_embeds, outputs.text_embeds
+
+        def loss_fn(cached, leaves):
+            image_embeds = torch.cat([images for images, _ in cached])
+            text_embeds = torch.cat([texts for _, texts in cached])
+            loss = self._batch_loss(image_embeds, text_embeds, inputs, leaves[0], leaves[1] if len(leaves) > 1 else None)
+            return loss / self.current_gradient_accumulation_steps, None
+
+        loss, _ = cached_backward(
+            encode, image_chunks(inputs, chunk_size), loss_fn, self._scale_parameters(),
+            backward=self.accelerator.backward,
+            no_sync=model.no_sync if hasattr(model, "no_sync") else contextlib.nullcontext,
+        )
+        return loss
+
+    def log(self, logs, start_time=None):
+        """Training logs also carry the mean loss components since the last log and the current logit scale."""
+        if "loss" in logs and self._loss_count:
+            logs.update({f"loss_{name}": total / self._loss_count for name, total in self._loss_sums.items()})
+            self._loss_sums.clear()
+            self._loss_count = 0
+            logs["logit_scale"] = float(self._scale_parameters()[0].exp())
+        super().log(logs, start_time)
+
+    # ---- optimisation ----------------------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        """AdamW-style groups: backbones at `learning_rate`, heads/scale/bias at `head_learning_rate`; no weight
+        decay on biases, norms, tokens, the logit scale and bias."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        no_decay = {f"vision_model.{name}" for name in model.vision_model.no_weight_decay()}
+        groups = defaultdict(list)
+        for name, parameter in model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            is_head = name.startswith(HEAD_PARAMETERS)
+            decays = parameter.ndim >= 2 and name not in no_decay and not name.startswith(("logit_scale", "logit_bias"))
+            groups[is_head, decays].append(parameter)
+        param_groups = [
+            {
+                "params": params,
+                "lr": self.args.head_learning_rate if is_head else self.args.learning_rate,
+                "weight_decay": self.args.weight_decay if decays else 0.0,
+            }
+            for (is_head, decays), params in groups.items()
+        ]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        """`cosine`: linear warm-up from `warmup_start_factor` of each group's lr, then cosine decay to zero."""
+        if self.lr_scheduler is not None or self.args.lr_scheduler_type != SchedulerType.COSINE:
+            return super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        start = self.args.warmup_start_factor
+
+        def factor(step):
+            if step < warmup:
+                return start + (1 - start) * step / warmup
+            progress = min(1.0, (step - warmup) / max(1, num_training_steps - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+
+        self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    # ---- evaluation ------------------------------------------------------------------------------------------
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Retrieval metrics (Recall@K both ways, ranks, alignment, modality gap) of the validation split."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        model = self.accelerator.unwrap_model(self.model)
+        with self.accelerator.autocast():
+            encoded = encode_corpus(
+                model, dataset, batch_size=self.args.per_device_eval_batch_size, accelerator=self.accelerator,
+                desc=f"{metric_key_prefix}: encoding",
+            )
+        metrics = retrieval_metrics(encoded.image_embeds, encoded.text_embeds, encoded.caption_image_index)
+        metrics = {f"{metric_key_prefix}_{key}": float(value) for key, value in metrics.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # ---- saving and the Hub ----------------------------------------------------------------------------------
+
+    def _save(self, output_dir=None, state_dict=None):
+        """Save the model (weights, config, code, processor, sentence-transformers files) and its model card."""
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            self.write_model_card(output_dir or self.args.output_dir)
+
+    def write_model_card(self, folder):
+        model = self.accelerator.unwrap_model(self.model)
+        evaluations = [entry for entry in self.state.log_history if "eval_t2i_R@1" in entry]
+        results = {key[5:]: value for key, value in evaluations[-1].items() if key.startswith("eval_")} if evaluations else None
+        write_model_card(
+            folder, model.config, repo_id=self.hub_model_id if self.args.push_to_hub else None,
+            results=results, dataset_name=self.eval_dataset_name, split="validation",
+            training_config=self.training_config,
+            base_models=self.training_config.get("base_models", ()),
+        )
+
+    def create_model_card(self, *args, **kwargs):
+        if self.is_world_process_zero():
+            self.write_model_card(self.args.output_dir)
+
+    def _push_from_checkpoint(self, checkpoint_folder):
+        """Put the whole loadable model of the checkpoint (code, processor, card, ...) in the pushed folder."""
+        if self.is_world_process_zero():
+            for path in Path(checkpoint_folder).iterdir():
+                if path.name.startswith(TRAINING_STATE_FILES):
+                    continue
+                target = Path(self.args.output_dir) / path.name
+                if path.is_dir():
+                    shutil.copytree(path, target, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(path, target)
+        super()._push_from_checkpoint(checkpoint_folder)
