@@ -67,7 +67,8 @@ def main(argv):
 
     model = build_model(model_args, train_dataset, training_args.output_dir)
     freeze(model, training_args.freeze_image_blocks, training_args.freeze_text_tower)
-    collator = ContrastiveCollator(model.processor, train_transform(model.processor.image_processor, data_args.horizontal_flip), teacher)
+    augment = train_transform(model.processor.image_processor, data_args.horizontal_flip)
+    collator = ContrastiveCollator(model.processor, augment, teacher, seed=training_args.seed)
     training_config = {**asdict(model_args), **asdict(data_args), **asdict(loss_args),
                        "base_models": [model_args.vision_tower, model_args.text_tower] if not model_args.small_towers else []}
     trainer = ViCLIPOTTrainer(

@@ -1,5 +1,6 @@
 """Training batches: each image once (augmented), every caption of it, its teacher rows."""
 
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -32,14 +33,25 @@ def train_transform(image_processor, horizontal_flip=True):
 @dataclass
 class ContrastiveCollator:
     """Rows (`image`, `image_id`, `captions`) -> `pixel_values` (one per image), `input_ids` / `attention_mask`
-    (every caption, grouped by image), `caption_image_index`, and the teacher rows when there is a teacher."""
+    (every caption, grouped by image), `caption_image_index`, and the teacher rows when there is a teacher.
+
+    Each image's augmentation draws from its own generator seeded by (`seed`, `epoch`, image id), not from the global
+    random state: batches are the same whatever the number of workers, and a resumed run sees the same images as an
+    uninterrupted one (the trainer sets `epoch`)."""
 
     processor: ViCLIPOTProcessor
     image_transform: object
     teacher: object = None
+    seed: int = 0
+    epoch: int = 0
+
+    def _augment(self, row):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(f"{self.seed}/{self.epoch}/{row['image_id']}".encode()))
+            return self.image_transform(load_rgb_image(row["image"]))
 
     def __call__(self, rows):
-        pixel_values = torch.stack([self.image_transform(load_rgb_image(row["image"])) for row in rows])
+        pixel_values = torch.stack([self._augment(row) for row in rows])
         captions = [caption for row in rows for caption in row["captions"]]
         caption_image_index = torch.tensor([i for i, row in enumerate(rows) for _ in row["captions"]])
         text = self.processor(text=captions)

@@ -29,6 +29,16 @@ class LogitScaleClamp(TrainerCallback):
         model.clamp_logit_scale()
 
 
+class AugmentationEpoch(TrainerCallback):
+    """Tell the collator which epoch it is collating, so that every epoch augments differently."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch or 0)
+
+
 def freeze(model, image_blocks=0, text_tower=False):
     """Freeze the image tower's patch embedding and first `image_blocks` blocks, and/or the whole text tower."""
     if image_blocks:
@@ -73,6 +83,8 @@ class ViCLIPOTTrainer(Trainer):
         self._loss_sums = defaultdict(float)
         self._loss_count = 0
         self.add_callback(LogitScaleClamp())
+        if hasattr(self.data_collator, "epoch"):
+            self.add_callback(AugmentationEpoch(self.data_collator))
 
     # ---- loss ------------------------------------------------------------------------------------------------
 
@@ -132,7 +144,7 @@ class ViCLIPOTTrainer(Trainer):
             logs.update({f"loss_{name}": total / self._loss_count for name, total in self._loss_sums.items()})
             self._loss_sums.clear()
             self._loss_count = 0
-            logs["logit_scale"] = float(self._scale_parameters()[0].exp())
+            logs["logit_scale"] = float(self._scale_parameters()[0].detach().exp())
         super().log(logs, start_time)
 
     # ---- optimisation ----------------------------------------------------------------------------------------

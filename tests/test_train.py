@@ -1,0 +1,215 @@
+"""Training: gradient caching, DDP, resuming, Hub folders, teacher files."""
+
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from dataset_scripts.teacher_embeddings import TeacherEmbeddings, TeacherMismatchError
+from training_setup import demo_split, gradients, make_trainer, random_teacher, small_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    train = demo_split(folder / "cache", "train", images=8)
+    return folder, train, random_teacher(train)
+
+
+def _plain_gradients(model, trainer, batch, chunk_size):
+    """Reference: one ordinary autograd graph over the same chunked forward passes (same random draws)."""
+    from viclip_ot.trainer import image_chunks
+
+    outputs = [model(**chunk) for chunk in image_chunks(batch, chunk_size)]
+    images = torch.cat([o.image_embeds for o in outputs])
+    texts = torch.cat([o.text_embeds for o in outputs])
+    trainer._batch_loss(images, texts, batch, model.logit_scale, model.logit_bias).backward()
+    return gradients(model)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_gradient_cache_equals_full_batch_backward(corpus, tmp_path, dropout):
+    folder, train, teacher = corpus
+    model = small_model(tmp_path, [c for cs in train["captions"] for c in cs], dropout=dropout)
+    trainer, collator = make_trainer(model, tmp_path / "out", teacher=teacher, gradcache_chunk_size=3)
+    batch = collator([train[i] for i in range(8)])
+    model.train()
+
+    model.zero_grad()
+    torch.manual_seed(123)
+    reference = _plain_gradients(model, trainer, batch, chunk_size=3)
+    model.zero_grad()
+    torch.manual_seed(123)
+    trainer.training_step(model, batch)
+    cached = gradients(model)
+
+    assert reference.keys() == cached.keys() and "logit_scale" in cached
+    for name in reference:
+        torch.testing.assert_close(cached[name], reference[name], atol=1e-5, rtol=1e-4, msg=name)
+    if dropout:  # the replay matters: a different random state gives other gradients
+        model.zero_grad()
+        torch.manual_seed(7)
+        other = _plain_gradients(model, trainer, batch, chunk_size=3)
+        assert any(not torch.allclose(other[n], reference[n], atol=1e-5) for n in reference)
+
+
+def test_plain_step_gradient_matches_compute_loss(corpus, tmp_path):
+    folder, train, teacher = corpus
+    model = small_model(tmp_path, [c for cs in train["captions"] for c in cs])
+    trainer, collator = make_trainer(model, tmp_path / "out", teacher=teacher)
+    batch = collator([train[i] for i in range(8)])
+    model.train()
+    model.zero_grad()
+    trainer.compute_loss(model, batch).backward()
+    reference = gradients(model)
+    model.zero_grad()
+    trainer.training_step(model, batch)
+    for name, grad in gradients(model).items():
+        torch.testing.assert_close(grad, reference[name], atol=1e-6, rtol=1e-5)
+
+
+def test_two_process_ddp_equals_one_process_on_the_union(corpus, tmp_path):
+    folder, train, teacher = corpus
+    captions = [c for cs in train["captions"] for c in cs]
+    small_model(tmp_path, captions)  # writes the shared text tower
+    teacher.save(tmp_path / "teacher.safetensors")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--main_process_port", "29517", str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), str(folder / "cache"),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    distributed = torch.load(tmp_path / "ddp_gradients.pt")
+
+    model = small_model(tmp_path, captions)
+    trainer, collator = make_trainer(model, tmp_path / "single", teacher=teacher)
+    union = collator([train[i] for i in range(8)])
+    model.train()
+    for mode, chunk_size in (("plain", None), ("cached", 2)):
+        trainer.args.gradcache_chunk_size = chunk_size
+        model.zero_grad()
+        loss = trainer.training_step(model, union)
+        assert float(distributed[mode]["loss"]) == pytest.approx(float(loss), abs=1e-5)
+        for name, grad in gradients(model).items():
+            torch.testing.assert_close(distributed[mode]["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=f"{mode} {name}")
+
+
+def _train(tmp_path, output, cache, teacher_file, *extra):
+    from train import main
+
+    main([
+        str(REPO / "configs" / "demo.yaml"), "--output_dir", str(output), "--teacher_embeddings", str(teacher_file),
+        "--corpus_options", json.dumps({"train_size": 16, "validation_size": 8, "test_size": 0, "image_size": 32}),
+        "--test_split", "", "--image_size", "32", "--vision_model_kwargs", '{"embed_dim": 32, "depth": 1, "num_heads": 2}',
+        "--projection_dim", "16", "--per_device_train_batch_size", "4", "--gradcache_chunk_size", "2",
+        "--num_train_epochs", "1", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "steps",
+        "--eval_steps", "2", "--logging_steps", "1", "--save_total_limit", "5", "--load_best_model_at_end", "false",
+        "--dataloader_num_workers", "0", *extra,
+    ])
+
+
+@pytest.fixture
+def demo_teacher(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
+    train = demo_split(tmp_path / "datasets_cache", "train", images=16)
+    teacher = random_teacher(train)
+    teacher.save(tmp_path / "teacher.safetensors")
+    return tmp_path / "teacher.safetensors"
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_from_checkpoint_gives_the_same_weights(tmp_path, demo_teacher, monkeypatch):
+    from safetensors.torch import load_file
+
+    from viclip_ot.trainer import ViCLIPOTTrainer
+
+    _train(tmp_path, tmp_path / "straight", None, demo_teacher)
+    step = ViCLIPOTTrainer.training_step
+
+    def crash_after_two_steps(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            raise Crash
+        return step(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        patch.setattr(ViCLIPOTTrainer, "training_step", crash_after_two_steps)
+        _train(tmp_path, tmp_path / "interrupted", None, demo_teacher)
+    _train(tmp_path, tmp_path / "interrupted", None, demo_teacher,
+           "--resume_from_checkpoint", str(tmp_path / "interrupted" / "checkpoint-2"))
+    straight = load_file(tmp_path / "straight" / "checkpoint-4" / "model.safetensors")
+    resumed = load_file(tmp_path / "interrupted" / "checkpoint-4" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], atol=0, rtol=0, msg=key)
+
+
+def test_pushed_folder_loads_offline_with_a_model_card(tmp_path, demo_teacher, monkeypatch):
+    uploads = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, repo_id, folder_path, path_in_repo=None, ignore_patterns=(), **kwargs):
+        target = tmp_path / "hub" / f"upload{len(uploads)}"
+        shutil.copytree(folder_path, target, ignore=shutil.ignore_patterns(*ignore_patterns))
+        uploads.append(target)
+        future = concurrent.futures.Future()
+        future.set_result(None)
+        return future
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    _train(tmp_path, tmp_path / "run", None, demo_teacher, "--push_to_hub", "true", "--hub_model_id", "someone/viclip-ot-demo")
+    assert len(uploads) >= 2  # each checkpoint, then the end of training
+
+    script = (
+        "import sys, torch; from transformers import AutoModel\n"
+        "m = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+        "print(m.encode_text(['hai hình tròn màu đỏ']).shape)\n"
+    )
+    for folder in (uploads[0], uploads[-1]):
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(folder)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+        )
+        assert result.returncode == 0 and "torch.Size([1, 16])" in result.stdout, result.stderr[-3000:]
+        card = ModelCard.load(folder / "README.md")
+        assert card.data.language == ["vi"] and card.data.library_name == "transformers"
+        assert "loss_type: clip_sigrot" in card.text
+    final_card = ModelCard.load(uploads[-1] / "README.md")
+    assert final_card.data.eval_results and final_card.data.eval_results[0].metric_name == "t2i_R@1"
+
+
+def test_teacher_files_that_do_not_match_fail_before_training(tmp_path, demo_teacher):
+    teacher = TeacherEmbeddings.load(demo_teacher)
+    other_ids = TeacherEmbeddings(teacher.image_embeds, teacher.text_embeds, [f"x{i}" for i in teacher.image_ids],
+                                  teacher.caption_counts, teacher.metadata)
+    other_ids.save(tmp_path / "ids.safetensors")
+    with pytest.raises(TeacherMismatchError, match=r"ids.safetensors.*16 corpus images have no teacher row"):
+        _train(tmp_path, tmp_path / "a", None, tmp_path / "ids.safetensors")
+
+    counts = teacher.caption_counts.clone()
+    counts[0] -= 1
+    counts[1] += 1
+    TeacherEmbeddings(teacher.image_embeds, teacher.text_embeds, teacher.image_ids, counts, teacher.metadata).save(
+        tmp_path / "counts.safetensors")
+    with pytest.raises(TeacherMismatchError, match="2 images have a different caption count"):
+        _train(tmp_path, tmp_path / "b", None, tmp_path / "counts.safetensors")
+
+    with pytest.raises(TeacherMismatchError, match="image dimension 24 != text dimension 8"):
+        TeacherEmbeddings(teacher.image_embeds, teacher.text_embeds[:, :8], teacher.image_ids, teacher.caption_counts, {})
+    assert not (tmp_path / "a" / "final").exists() and not (tmp_path / "b" / "final").exists()

@@ -1,0 +1,63 @@
+"""A small but real training setup (demo corpus, teacher file, small towers, trainer) for tests and the DDP worker."""
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dataset_scripts import load_corpus
+from dataset_scripts.teacher_embeddings import TeacherEmbeddings, corpus_fingerprint
+from modeling_viclip_ot import ViCLIPOTModel
+from processing_viclip_ot import ViCLIPOTProcessor
+from viclip_ot.arguments import ViCLIPOTTrainingArguments
+from viclip_ot.data import ContrastiveCollator
+from viclip_ot.losses import ContrastiveOTLoss
+from viclip_ot.towers import save_small_text_tower, small_config
+from viclip_ot.trainer import ViCLIPOTTrainer
+
+
+def demo_split(cache_dir, split="train", images=8):
+    sizes = {"train_size": images, "validation_size": images, "test_size": images}
+    return load_corpus("demo", split=split, cache_dir=str(cache_dir), image_size=32, **sizes)
+
+
+def random_teacher(dataset, dimension=24, seed=0):
+    """Teacher embeddings for `dataset` with random unit vectors (the file format and join are what is tested)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids, captions = list(dataset["image_id"]), list(dataset["captions"])
+    counts = torch.tensor([len(c) for c in captions])
+    return TeacherEmbeddings(
+        F.normalize(torch.randn(len(ids), dimension, generator=generator), dim=-1),
+        F.normalize(torch.randn(int(counts.sum()), dimension, generator=generator), dim=-1),
+        ids, counts, {"teacher": "random", "corpus_fingerprint": corpus_fingerprint(ids, captions)},
+    )
+
+
+def small_model(folder, captions, dropout=0.0, seed=0):
+    """A small model whose text tower (and tokenizer) is saved in `folder/text`."""
+    text_folder = Path(folder) / "text"
+    if not text_folder.exists():
+        save_small_text_tower(text_folder, captions, dropout=dropout)
+    torch.manual_seed(seed)
+    model = ViCLIPOTModel(small_config(text_folder, vision_head_dropout=dropout))
+    model.processor = ViCLIPOTProcessor.from_text_tower(text_folder, crop_size=model.config.image_size)
+    return model
+
+
+def make_trainer(model, output_dir, train_dataset=None, teacher=None, loss_type="clip_sigrot", **training_args):
+    args = ViCLIPOTTrainingArguments(
+        output_dir=str(output_dir), use_cpu=True, report_to="none", remove_unused_columns=False,
+        per_device_train_batch_size=4, dataloader_num_workers=0, **training_args,
+    )
+    # The eval transform keeps batches identical however they are split (augmentation is not under test here).
+    collator = ContrastiveCollator(model.processor, model.processor.image_processor.transform, teacher)
+    trainer = ViCLIPOTTrainer(
+        model=model, args=args, train_dataset=train_dataset, data_collator=collator,
+        loss_fn=ContrastiveOTLoss(loss_type=loss_type),
+    )
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer, collator
+
+
+def gradients(model):
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
