@@ -1,5 +1,5 @@
 """Corpus builders, load_corpus, near-duplicate removal, export and the demo corpus, on fixture folders
-written here in each corpus's real layout (offline; nothing outside tmp dirs is read)."""
+in each corpus's real layout written by `corpus_fixtures` (offline; nothing outside tmp dirs is read)."""
 
 import io
 import json
@@ -18,84 +18,16 @@ from dataset_scripts import dedupe, demo, export
 from dataset_scripts.demo import make_scene
 from dataset_scripts.report import read_report
 
+from corpus_fixtures import KTVIC_TEST, UIT, encode, photo, write, write_crossmodal, write_json_corpus, write_ktvic, write_uit
+
 pytestmark = pytest.mark.filterwarnings("ignore::dataset_scripts.CorpusWarning")
 
 
-# ---------------------------------------------------------------- fixture writers
-
-
-def photo(seed: int, size=(48, 40)) -> Image.Image:
-    """A smooth random RGB 'photo'; different seeds give unrelated images."""
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray((rng.random((4, 5, 3)) * 255).astype(np.uint8))
-    return coarse.resize(size, Image.Resampling.BICUBIC)
-
-
-def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def write(path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, bytes):
-        path.write_bytes(data)
-    else:
-        path.write_text(data if isinstance(data, str) else json.dumps(data, ensure_ascii=False), encoding="utf-8")
+# ---------------------------------------------------------------- helpers
 
 
 def raw_bytes(dataset: datasets.Dataset) -> list[bytes]:
     return [row["bytes"] for row in dataset.cast_column("image", datasets.Image(decode=False))["image"]]
-
-
-UIT = {
-    "train": {"00000000009.jpg": ["một con mèo", "con mèo nằm ngủ"], "00000000002.jpg": ["hai chiếc xe"], "00000000005.jpg": ["bầu trời xanh", "mây trắng", "trời đẹp"]},
-    "dev": {"00000000011.jpg": ["người đi bộ"]},
-    "test": {"00000000020.jpg": ["cây cầu"], "00000000021.jpg": ["con chó", "chó chạy"]},
-}
-
-
-def write_uit(root, truncate="00000000021.jpg") -> dict:
-    """UIT-OpenViIC layout; returns {file name: bytes written}."""
-    files = {}
-    for split, entries in UIT.items():
-        write(root / f"uit-openviic-annotation-{split}.json", {name: {"captions": caps} for name, caps in entries.items()})
-        for name in entries:
-            data = encode(photo(int(name[:-4])), "JPEG", quality=90)
-            files[name] = data[: len(data) * 2 // 3] if name == truncate else data
-            write(root / "images" / name, files[name])
-    return files
-
-
-KTVIC_TEST = {
-    "images": [
-        {"id": 361, "filename": "00000000361.jpeg"},
-        {"id": 1, "filename": "00000000001.jpg"},
-        {"id": 452, "filename": "00000000452.png"},
-    ],
-    "annotations": [
-        {"id": 0, "image_id": 1, "caption": "đây là khung cảnh trước một căn nhà", "segment_caption": "đây là khung_cảnh trước một căn nhà"},
-        {"id": 1, "image_id": 361, "caption": "một chiếc xe máy", "segment_caption": "một chiếc xe_máy"},
-        {"id": 2, "image_id": 1, "caption": "căn nhà cao tầng", "segment_caption": "căn nhà cao_tầng"},
-        {"id": 3, "image_id": 452, "caption": "bức tranh", "segment_caption": "bức tranh"},
-    ],
-}
-KTVIC_TRAIN = {
-    "images": [{"id": 7, "filename": "00000000007.jpg"}],
-    "annotations": [{"id": 0, "image_id": 7, "caption": "cánh đồng lúa", "segment_caption": "cánh_đồng lúa"}],
-}
-
-
-def write_ktvic(root, test=KTVIC_TEST, images=None) -> dict:
-    """KTVIC layout; ``images`` maps test file names to bytes (default: a photo for each of KTVIC_TEST's)."""
-    write(root / "train_data.json", KTVIC_TRAIN)
-    write(root / "test_data.json", test)
-    write(root / "train-images" / "00000000007.jpg", encode(photo(7), "JPEG"))
-    images = images or {im["filename"]: encode(photo(im["id"]), "PNG" if im["filename"].endswith("png") else "JPEG") for im in KTVIC_TEST["images"]}
-    for name, data in images.items():
-        write(root / "public-test-images" / name, data)
-    return images
 
 
 # ---------------------------------------------------------------- builders
@@ -162,19 +94,6 @@ def test_ktvic_rows_extensions_and_rgb_conversion(tmp_path):
     assert corpus["train"]["captions"] == [["cánh đồng lúa"]] and corpus["train"]["segment_captions"] == [["cánh_đồng lúa"]]
 
 
-def write_crossmodal(root) -> None:
-    lines = []
-    for i, key in enumerate(["0123456789abcdef", "fedcba9876543210", "00000000000000aa"]):
-        record = {"image/key": key, "image/locale": "vi"}
-        for language in LANGUAGES:
-            captions = [f"{language} caption {i}.{j}" for j in range(1 + i % 2)]
-            record[language] = {"caption": captions, "caption/tokenized": captions, "caption/tokenized/lowercase": captions}
-        record["vi"]["caption"] = [f"ảnh số {i}", f"bức ảnh thứ {i}"][: 1 + i % 2]
-        lines.append(json.dumps(record, ensure_ascii=False))
-        write(root / "images" / f"{key}.jpg", encode(photo(100 + i), "JPEG"))
-    write(root / "captions.jsonl", "\n".join(lines) + "\n")
-
-
 def test_crossmodal3600_languages(tmp_path):
     write_crossmodal(tmp_path / "xm")
     with pytest.warns(CorpusWarning, match="crossmodal3600 test: found 3 images / 4 captions, the published split has 3600 images / 7350 captions"):
@@ -192,12 +111,7 @@ def test_crossmodal3600_languages(tmp_path):
 
 def test_json_format_and_split_aliases(tmp_path):
     root = tmp_path / "converted"
-    for split, ids in (("train", [5, 3]), ("val", [8]), ("test", [9])):
-        images = [{"id": i, "image_path": f"images/{split}/{i}.png"} for i in ids]
-        annotations = [{"id": 10 * i + j, "caption": f"chú thích {i}-{j}", "image_id": i} for i in ids for j in range(2)]
-        write(root / f"{split}.json", {"images": images, "annotations": annotations})
-        for i in ids:
-            write(root / "images" / split / f"{i}.png", encode(photo(i), "PNG"))
+    write_json_corpus(root)
     corpus = load_corpus("json", root, cache_dir=tmp_path / "cache")
     assert {split: corpus[split]["image_id"] for split in corpus} == {"train": ["5", "3"], "validation": ["8"], "test": ["9"]}
     assert corpus["train"]["captions"] == [["chú thích 5-0", "chú thích 5-1"], ["chú thích 3-0", "chú thích 3-1"]]
