@@ -15,8 +15,9 @@ Conventions (see ``retrieval_metrics``):
   correct image. Recalls are percentages; ``avg_R`` is the mean of all the recalls.
 * Scoring runs in chunks (``image_chunk_size`` images against all captions, then
   ``text_chunk_size`` captions against all images), so the full captions x images matrix
-  never exists; each query's scores come from one matrix row, so chunking does not change
-  the result.
+  never exists. A query's scores all come from one row of one matrix product, so ties are
+  judged consistently, and chunked and unchunked results agree (bit for bit in the tests and
+  in ``benchmarks/eval_scoring.py``).
 """
 
 from collections.abc import Sequence
@@ -44,11 +45,12 @@ def retrieval_metrics(
         ks: the K of Recall@K.
         image_chunk_size: images scored against all captions at once (image->text).
         text_chunk_size: captions scored against all images at once (text->image).
-            Peak extra memory is about 5 bytes x chunk x gallery size.
+            Scoring needs about 4 bytes x chunk size x gallery size of extra memory.
 
     Returns:
         ``i2t_R@K`` and ``t2i_R@K`` for each K (percent), ``avg_R``, ``i2t_mean_rank``,
-        ``i2t_median_rank``, ``t2i_mean_rank``, ``t2i_median_rank``, and
+        ``i2t_median_rank``, ``t2i_mean_rank``, ``t2i_median_rank`` (the median of an even
+        number of ranks is the mean of the middle two), and
 
         * ``alignment``: mean over captions of x_i . y_k (i the caption's image);
         * ``modality_gap``: || mean_k y_k - mean_k x_i ||, both means over caption rows
@@ -115,7 +117,7 @@ def _validated(image_embeds, text_embeds, caption_image_index, ks):
             f"{len(captionless)} of {n_images} images have no caption, "
             f"e.g. images {captionless[:10].tolist()}"
         )
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+    if not (torch.isfinite(x.sum()) and torch.isfinite(y.sum())):  # without a full-size mask
         raise ValueError("embeddings contain NaN or infinite values")
     return x, y, idx
 
@@ -123,15 +125,16 @@ def _validated(image_embeds, text_embeds, caption_image_index, ks):
 def _image_to_text_ranks(x, y, idx, chunk_size):
     """Rank of each image's best caption: 1 + #other images' captions scoring >= it."""
     ranks = []
-    for start in range(0, x.shape[0], chunk_size):
-        stop = min(start + chunk_size, x.shape[0])
-        scores = x[start:stop] @ y.T  # (chunk, captions)
+    buffer = x.new_empty(min(chunk_size, len(x)), len(y))  # reused: no allocator churn
+    for start in range(0, len(x), chunk_size):
+        stop = min(start + chunk_size, len(x))
+        scores = torch.matmul(x[start:stop], y.T, out=buffer[: stop - start])
         captions = ((idx >= start) & (idx < stop)).nonzero().squeeze(1)
         row = idx[captions] - start
         positive = scores[row, captions]
         best = torch.full((stop - start,), -torch.inf, device=x.device)
         best.scatter_reduce_(0, row, positive, "amax")
-        n_at_or_above = (scores >= best[:, None]).sum(1)
+        n_at_or_above = _count_at_or_above(scores, best[:, None])
         n_positive_at_best = torch.zeros_like(n_at_or_above).scatter_add_(
             0, row, (positive >= best[row]).long()
         )
@@ -142,11 +145,22 @@ def _image_to_text_ranks(x, y, idx, chunk_size):
 def _text_to_image_ranks(x, y, idx, chunk_size):
     """Rank of each caption's image: 1 + #other images scoring >= it."""
     ranks = []
-    for start in range(0, y.shape[0], chunk_size):
-        scores = y[start : start + chunk_size] @ x.T  # (chunk, images)
-        positive = scores.gather(1, idx[start : start + chunk_size, None])
-        ranks.append((scores >= positive).sum(1))  # counts the correct image itself
+    buffer = y.new_empty(min(chunk_size, len(y)), len(x))
+    for start in range(0, len(y), chunk_size):
+        stop = min(start + chunk_size, len(y))
+        scores = torch.matmul(y[start:stop], x.T, out=buffer[: stop - start])
+        positive = scores.gather(1, idx[start:stop, None])
+        ranks.append(_count_at_or_above(scores, positive))  # counts the correct image itself
     return torch.cat(ranks)
+
+
+def _count_at_or_above(scores, threshold):
+    """Per row, how many scores are >= threshold; overwrites ``scores``.
+
+    Comparing in place (1.0 / 0.0) and summing in float32 is exact below 2**24 columns and
+    avoids the int64 copy that summing a bool mask makes.
+    """
+    return scores.ge_(threshold).sum(1).long()
 
 
 def _alignment_and_gap(x, y, idx):

@@ -1,0 +1,182 @@
+"""Tests of viclip_ot.metrics and the `evaluate` module metrics/retrieval_recall."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from viclip_ot.metrics import retrieval_metrics
+
+METRIC_DIR = Path(__file__).resolve().parents[1] / "metrics" / "retrieval_recall"
+KS = (1, 2, 5, 10)
+
+
+def brute_force(x, y, idx, ks):
+    """Independent oracle: float64 full matrix, one sort per query, ties against the query."""
+    x, y, idx = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(idx)
+    scores = x @ y.T  # (images, captions)
+
+    def rank(row, correct):
+        # Sort by score descending; among equal scores wrong candidates come first.
+        order = sorted(range(len(row)), key=lambda j: (-row[j], correct[j]))
+        return 1 + min(pos for pos, j in enumerate(order) if correct[j])
+
+    i2t = [rank(scores[i], idx == i) for i in range(len(x))]
+    t2i = [rank(scores[:, k], np.arange(len(x)) == idx[k]) for k in range(len(y))]
+    out = {}
+    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+        for k in ks:
+            out[f"{name}_R@{k}"] = 100.0 * sum(r <= k for r in ranks) / len(ranks)
+    out["avg_R"] = sum(out.values()) / len(out)
+    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+        out[f"{name}_mean_rank"] = sum(ranks) / len(ranks)
+        out[f"{name}_median_rank"] = float(np.median(ranks))
+    pair = [x[idx[k]] @ y[k] for k in range(len(y))]
+    per_image = [[k for k in range(len(y)) if idx[k] == i] for i in range(len(x))]
+    caption_means = np.stack([y[ks_].mean(0) for ks_ in per_image])
+    out["alignment"] = sum(pair) / len(pair)
+    out["modality_gap"] = np.linalg.norm(y.mean(0) - x[idx].mean(0))
+    out["alignment_per_image"] = np.mean([np.mean([pair[k] for k in ks_]) for ks_ in per_image])
+    out["modality_gap_per_image"] = np.linalg.norm(caption_means.mean(0) - x.mean(0))
+    return out
+
+
+def random_gallery(seed, n_images=23, dim=6):
+    """1-7 captions per image; coarse quantisation gives many exactly tied scores."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, (n_images, dim)) / 4
+    x[1] = x[0]  # a duplicated image: its captions tie between images 0 and 1
+    idx = np.repeat(np.arange(n_images), rng.integers(1, 8, n_images))
+    rng.shuffle(idx)
+    y = x[idx] + rng.integers(-2, 3, (len(idx), dim)) / 4
+    y[:3] = y[3]  # duplicated captions
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32), idx
+
+
+def assert_same(got, expected):
+    assert list(got) == list(expected)
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-5), key
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matches_brute_force_with_ties(seed):
+    x, y, idx = random_gallery(seed)
+    assert_same(retrieval_metrics(x, y, idx, KS), brute_force(x, y, idx, KS))
+
+
+def test_matches_brute_force_continuous_normalised():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((40, 16))
+    idx = np.repeat(np.arange(40), rng.integers(1, 8, 40))
+    y = x[idx] + 1.5 * rng.standard_normal((len(idx), 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    assert_same(retrieval_metrics(x, y, idx), brute_force(x, y, idx, (1, 5, 10)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_chunked_equals_unchunked(seed):
+    x, y, idx = random_gallery(seed, n_images=31)
+    whole = retrieval_metrics(x, y, idx, KS, image_chunk_size=10**6, text_chunk_size=10**6)
+    for sizes in [(1, 1), (2, 3), (7, 5)]:
+        chunked = retrieval_metrics(x, y, idx, KS, image_chunk_size=sizes[0], text_chunk_size=sizes[1])
+        assert chunked == whole
+
+
+def test_hand_made_example():
+    # Image 1 ties with caption 1 (of image 0); ties count against the query.
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    got = retrieval_metrics(x, y, [0, 0, 1], ks=(1, 2))
+    expected = {
+        "i2t_R@1": 50.0,  # image ranks [1, 2]
+        "i2t_R@2": 100.0,
+        "t2i_R@1": 200 / 3,  # caption ranks [1, 2, 1]
+        "t2i_R@2": 100.0,
+        "avg_R": (50 + 100 + 200 / 3 + 100) / 4,
+        "i2t_mean_rank": 1.5,
+        "i2t_median_rank": 1.5,
+        "t2i_mean_rank": 4 / 3,
+        "t2i_median_rank": 1.0,
+        "alignment": 2 / 3,
+        "modality_gap": math.sqrt(2) / 3,
+        "alignment_per_image": 0.75,
+        "modality_gap_per_image": math.sqrt(2) / 4,
+    }
+    assert_same(got, expected)
+
+
+def test_collapsed_model_gets_worst_ranks():
+    # All scores equal: an image ranks behind every other image's caption.
+    idx = [0, 1, 1, 2, 2, 2]
+    got = retrieval_metrics(torch.ones(3, 4), torch.ones(6, 4), idx, ks=(1,))
+    assert got["i2t_R@1"] == got["t2i_R@1"] == got["avg_R"] == 0.0
+    assert got["i2t_mean_rank"] == (6 + 5 + 4) / 3
+    assert got["t2i_mean_rank"] == got["t2i_median_rank"] == 3.0
+
+
+def test_matching_embeddings_score_100():
+    x = torch.nn.functional.normalize(torch.randn(50, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    idx = torch.arange(50).repeat_interleave(torch.arange(50) % 5 + 1)
+    got = retrieval_metrics(x, x[idx], idx)
+    assert got["avg_R"] == 100.0
+    assert got["i2t_mean_rank"] == got["t2i_mean_rank"] == 1.0
+    assert got["alignment"] == pytest.approx(1.0)
+    assert got["alignment_per_image"] == pytest.approx(1.0)
+    assert got["modality_gap"] == pytest.approx(0.0, abs=1e-6)
+    assert got["modality_gap_per_image"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bfloat16_inputs_are_upcast():
+    x, y, idx = random_gallery(0)  # quarter steps: exact in bfloat16
+    assert retrieval_metrics(x.bfloat16(), y.bfloat16(), idx) == retrieval_metrics(x, y, idx)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x, y, idx = random_gallery(1)
+    assert_same(retrieval_metrics(x.cuda(), y.cuda(), torch.as_tensor(idx).cuda()), retrieval_metrics(x, y, idx))
+
+
+def test_evaluate_module_loads_offline_and_matches(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    evaluate = pytest.importorskip("evaluate")
+    metric = evaluate.load(str(METRIC_DIR), cache_dir=str(tmp_path))
+    x, y, idx = random_gallery(2)
+    image_ids = 1000 + 3 * idx  # any integer ids; rows of one image repeat its embedding
+    half = len(idx) // 2
+    metric.add_batch(text_embeds=y[:half], image_embeds=x[idx[:half]], caption_image_index=image_ids[:half])
+    got = metric.compute(text_embeds=y[half:], image_embeds=x[idx[half:]], caption_image_index=image_ids[half:], ks=KS)
+    assert got == retrieval_metrics(x, y, idx, KS)
+    with pytest.raises(ValueError, match="different image_embeds"):
+        metric.compute(text_embeds=y, image_embeds=x[idx] + torch.rand(len(idx), 1), caption_image_index=idx)
+
+
+@pytest.mark.parametrize(
+    ("images", "texts", "index", "kwargs", "message"),
+    [
+        ((3, 4), (4, 5), [0, 1, 2, 2], {}, "dims differ"),
+        ((3, 4), (4, 4), [0, 1, 2], {}, "one entry per caption"),
+        ((3, 4), (4, 4), [0, 1, 2, 3], {}, r"in \[0, 3\)"),
+        ((3, 4), (4, 4), [0, 1, 2, -1], {}, r"in \[0, 3\)"),
+        ((6, 4), (4, 4), [0, 0, 2, 4], {}, r"3 of 6 images have no caption, e\.g\. images \[1, 3, 5\]"),
+        ((3, 4), (4, 4), [0.0, 1.0, 2.0, 2.0], {}, "integers"),
+        ((3, 4), (4,), [0, 1, 2, 2], {}, "2-D"),
+        ((3, 4), (4, 4), [0, 1, 2, 2], {"ks": (0, 5)}, "ks"),
+        ((3, 4), (4, 4), [0, 1, 2, 2], {"text_chunk_size": 0}, "chunk sizes"),
+    ],
+)
+def test_bad_input_raises(images, texts, index, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        retrieval_metrics(torch.zeros(images), torch.zeros(texts), index, **kwargs)
+
+
+def test_non_finite_embeddings_raise():
+    x = torch.zeros(2, 3)
+    x[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(x, torch.zeros(2, 3), [0, 1])
