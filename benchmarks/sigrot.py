@@ -1,0 +1,152 @@
+"""SIGROT cost: plan + loss + backward with our solver and with POT's torch backend, side by side.
+
+    python benchmarks/sigrot.py [--sizes 128 640 2048] [--device cpu|cuda] [--repeats 5]
+
+For each N caption rows (5 captions per image, random L2-normalised 768-d student and teacher embeddings, the paper's
+settings reg 0.05, reg_m 0.5, tol 1e-6, at most 200 iterations, float32) it runs `sigrot_loss` + backward with
+`unbalanced_sinkhorn` and with `ot.unbalanced.sinkhorn_unbalanced(..., reg_type="kl")` in its place, and prints a
+Markdown table (also written to benchmarks/results/sigrot.md).
+
+Time: the best of `--repeats` runs after a warm-up (timeit's convention: the least disturbed run), the two solvers
+alternating so that both see the same machine load. Peak memory: one more run each, the most memory its tensors held at once above what existed before it (CPU:
+the profiler's memory timeline; CUDA: `max_memory_allocated`).
+"""
+
+import argparse
+import contextlib
+import platform
+import time
+from pathlib import Path
+
+import ot
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+from torch.profiler._memory_profiler import Action
+
+from viclip_ot import losses
+
+SETTINGS = {"reg": 0.05, "reg_m": 0.5, "max_iter": 200, "tol": 1e-6}
+CAPTIONS_PER_IMAGE, DIM, SCALE = 5, 768, 1 / 0.07
+RESULTS = Path(__file__).parent / "results" / "sigrot.md"
+
+
+def pot_sinkhorn(cost, reg, reg_m, max_iter, tol, **_):
+    """POT's plan on the same torch tensors; autograd differentiates through its iterations."""
+    return ot.unbalanced.sinkhorn_unbalanced(
+        torch.tensor([]), torch.tensor([]), cost, reg, reg_m, reg_type="kl", numItermax=max_iter, stopThr=tol
+    )
+
+
+SOLVERS = {"ours": losses.unbalanced_sinkhorn, "pot": pot_sinkhorn}
+
+
+@contextlib.contextmanager
+def solver(name):
+    """Make `sigrot_loss` compute its plan with solver `name`."""
+    losses.unbalanced_sinkhorn = SOLVERS[name]
+    try:
+        yield
+    finally:
+        losses.unbalanced_sinkhorn = SOLVERS["ours"]
+
+
+def make_batch(num_captions, device):
+    """(image, text, caption_image_index, graph, scale) as `sigrot_loss` takes them; embeddings and scale are leaves."""
+    generator = torch.Generator().manual_seed(num_captions)
+    num_images = -(-num_captions // CAPTIONS_PER_IMAGE)
+
+    def embeddings(rows):
+        return F.normalize(torch.randn(rows, DIM, generator=generator), dim=-1).to(device)
+
+    index = (torch.arange(num_captions) // CAPTIONS_PER_IMAGE).to(device)
+    image, text = embeddings(num_images).requires_grad_(), embeddings(num_captions).requires_grad_()
+    graph = losses.similarity_graph(embeddings(num_images), embeddings(num_captions), index)
+    scale = torch.tensor(SCALE, device=device, requires_grad=True)
+    return image, text, index, graph, scale
+
+
+def timed_step(batch):
+    """Seconds of one plan + SIGROT + backward."""
+    for leaf in (batch[0], batch[1], batch[4]):
+        leaf.grad = None
+    sync = torch.cuda.synchronize if batch[0].is_cuda else lambda: None
+    sync()
+    start = time.perf_counter()
+    losses.sigrot_loss(*batch, **SETTINGS).backward()
+    sync()
+    return time.perf_counter() - start
+
+
+def peak_memory_mb(name, batch):
+    """Peak memory of one step above what existed before it: on CUDA `max_memory_allocated`, on CPU the largest sum
+    of live tensor bytes in the profiler's memory timeline."""
+    with solver(name):
+        if batch[0].is_cuda:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            timed_step(batch)
+            return (torch.cuda.max_memory_allocated() - base) / 2**20
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as run:
+            timed_step(batch)
+    live = peak = 0
+    for _, action, _, size in run._memory_profile().timeline:
+        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def plan_difference(num_captions, device):
+    """max |P_ours - P_POT| on the batch's cost."""
+    image, text, index, _, _ = make_batch(num_captions, device)
+    with torch.no_grad():
+        cost = 1 - image[index] @ text.T
+        return (SOLVERS["ours"](cost, **SETTINGS) - SOLVERS["pot"](cost, **SETTINGS)).abs().max().item()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 640, 2048])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    rows = []
+    for num_captions in args.sizes:
+        batch = make_batch(num_captions, args.device)
+        times = {name: [] for name in SOLVERS}
+        for repeat in range(args.repeats + 1):
+            for name in SOLVERS:
+                with solver(name):
+                    seconds = timed_step(batch)
+                if repeat:  # the first round is the warm-up
+                    times[name].append(seconds)
+        ms = {name: 1000 * min(values) for name, values in times.items()}
+        memory = {name: peak_memory_mb(name, batch) for name in SOLVERS}
+        rows.append(
+            f"| {num_captions} | {ms['ours']:.0f} ms / {memory['ours']:.0f} MB | {ms['pot']:.0f} ms / "
+            f"{memory['pot']:.0f} MB | {ms['pot'] / ms['ours']:.1f}x | "
+            f"{plan_difference(num_captions, args.device):.1e} |"
+        )
+        print(rows[-1], flush=True)
+
+    if args.device == "cuda":
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    table = "\n".join([
+        f"SIGROT plan + loss + backward on {device}, float32, reg 0.05, reg_m 0.5, tol 1e-6, at most 200 "
+        f"iterations; torch {torch.__version__}, POT {ot.__version__}; best of {args.repeats} runs.",
+        "",
+        "| N captions | ours: time / peak memory | POT torch backend: time / peak memory | speed-up | max abs plan difference |",
+        "|---|---|---|---|---|",
+        *rows,
+    ])
+    print(table)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

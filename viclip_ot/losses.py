@@ -1,0 +1,420 @@
+"""Training losses of ViCLIP-OT (REFERENCE §2): SIGROT, the "CLIP/SigLIP + UOT" baselines, their hybrids with the
+multi-positive CLIP/SigLIP losses of `modeling_viclip_ot`, the unbalanced Sinkhorn solver they share, and the
+cross-process gather.
+
+Conventions: a batch holds B unique images and N captions; `caption_image_index[k]` is the image of caption k, and
+caption row k pairs caption k with that image, so every N x N matrix below is indexed by caption rows. Images are
+encoded once and expanded to rows here. `logit_scale` is the scale s itself (already exponentiated). Every loss runs
+with autocast off and its inputs upcast to float32 (float64 stays float64).
+"""
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from modeling_viclip_ot import (
+    caption_row_logits,
+    check_caption_image_index,
+    multi_positive_clip_loss,
+    multi_positive_siglip_loss,
+)
+
+LOSS_TYPES = ("clip", "siglip", "clip_sigrot", "siglip_sigrot", "sigrot", "clip_uot", "siglip_uot")
+GRAPH_STRATEGIES = ("cross_modality", "arithmetic_mean", "harmonic_mean", "caption_only", "image_only")
+
+
+def _full_precision(function):
+    """Run `function` with autocast off and its floating-point tensor arguments upcast to at least float32."""
+
+    def upcast(value):
+        if torch.is_tensor(value) and value.is_floating_point():
+            return value.to(torch.promote_types(value.dtype, torch.float32))
+        return value
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        args = [upcast(value) for value in args]
+        kwargs = {name: upcast(value) for name, value in kwargs.items()}
+        device_type = next(value.device.type for value in [*args, *kwargs.values()] if torch.is_tensor(value))
+        with torch.autocast(device_type, enabled=False):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Unbalanced Sinkhorn
+# --------------------------------------------------------------------------------------------------------------
+
+
+@_full_precision
+def unbalanced_sinkhorn(cost, reg, reg_m, a=None, b=None, max_iter=200, tol=1e-6, check_every=10, detach_plan=False):
+    """The entropic unbalanced transport plan that `ot.unbalanced.sinkhorn_unbalanced(a, b, cost, reg, reg_m,
+    reg_type="kl")` computes:
+
+        argmin_{P >= 0} <P, C> + reg KL(P || a b^T) + reg_m KL(P 1 || a) + reg_m KL(P^T 1 || b),
+
+    KL the generalised one. Same iterations as POT, from u = v = 1: u <- (a / K v)^fi, v <- (b / K^T u)^fi,
+    K = exp(-C / reg) a b^T, fi = reg_m / (reg_m + reg) (fi = 1 for reg_m = inf: balanced OT), P = diag(u) K diag(v).
+
+    Stabilised: the first iteration is done in the log domain and its plan becomes the working kernel ("absorption");
+    the next iterations rescale that kernel by vectors, two matrix-vector products per iteration like POT. When the
+    scalings have drifted past exp(+-B/2) at a check, they are absorbed again (B = ln(largest float) / 2 - 4: 40 in
+    float32); they are clamped to exp(+-B) and the products to the smallest normal float, so that no input overflows
+    or divides by zero (small `reg` in float32 included).
+
+    Convergence: POT's criterion, (max|u - u'| / max(|u|, |u'|, 1) + the same for v) / 2 < tol over the last
+    iteration, evaluated every `check_every` iterations (one host synchronisation each); `tol=None` runs exactly
+    `max_iter` iterations with no synchronisation at all and no re-absorption: exact as long as the scalings stay
+    within exp(+-B) of the first iteration's, as they do for the paper's reg = 0.05 on cosine costs.
+
+    Gradients flow through every iteration (the paper's choice); `detach_plan=True` returns a constant plan instead.
+    The scaling iterations are one autograd node whose backward replays them in reverse (`_ScalingIterations`).
+
+    Args:
+        cost: (N, M) cost matrix. a, b: positive (N,), (M,) weights, uniform 1/N, 1/M by default.
+        reg: entropic regularisation (eps). reg_m: marginal relaxation (tau), `float("inf")` for balanced OT.
+    Returns:
+        The (N, M) plan, float32 (float64 for float64 input).
+    """
+    num_rows, num_cols = cost.shape
+    log_a = cost.new_full((num_rows,), -math.log(num_rows)) if a is None else a.log()
+    log_b = cost.new_full((num_cols,), -math.log(num_cols)) if b is None else b.log()
+    fi = 1.0 if math.isinf(reg_m) else reg_m / (reg_m + reg)
+    options = {"fi": fi, "bound": _log_scaling_bound(cost.dtype), "tol": tol, "check_every": check_every}
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_plan):
+        log_kernel = log_a[:, None] + log_b - cost / reg
+        beta, done = cost.new_zeros(num_cols), 0  # beta = log v of POT's iterations
+        while True:
+            # absorption: one log-domain iteration, whose plan is the kernel that the scalings u, v act on
+            alpha = fi * (log_a - torch.logsumexp(log_kernel + beta, dim=1))
+            beta = fi * (log_b - torch.logsumexp(log_kernel + alpha[:, None], dim=0))
+            kernel = torch.exp(log_kernel + alpha[:, None] + beta)
+            done += 1
+            if done >= max_iter:
+                return kernel
+            a_term, b_term = fi * log_a - (1 - fi) * alpha, fi * log_b - (1 - fi) * beta
+            log_u, log_v, steps, drifted = _ScalingIterations.apply(
+                kernel, a_term, b_term, alpha.detach(), beta.detach(), max_iter - done, options
+            )
+            done += steps
+            if not drifted:
+                return log_u.exp()[:, None] * kernel * log_v.exp()
+            alpha, beta = alpha + log_u, beta + log_v
+
+
+class _ScalingIterations(torch.autograd.Function):
+    """Sinkhorn iterations on a fixed kernel K, on log scalings relative to the absorbed potentials (alpha, beta):
+
+        log u <- a_term - fi log(K v),    log v <- b_term - fi log(K^T u),    from log u = log v = 0,
+
+    for at most `max_steps` iterations, stopping at convergence or, to be absorbed again, when the scalings drift too
+    far (see `unbalanced_sinkhorn`). Forward returns (log u, log v, iterations run, whether it stopped for drift).
+    Backward replays the iterations in reverse from the saved vectors; the gradient of K, one outer product per
+    matrix-vector product, is summed in one matrix product. Clamped entries pass no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, kernel, a_term, b_term, alpha, beta, max_steps, options):
+        fi, bound, tol, check_every = options["fi"], options["bound"], options["tol"], options["check_every"]
+        tiny = torch.finfo(kernel.dtype).tiny
+        # row t: the vectors of iteration t; log_v[0] = 0 is the start
+        v, kv, u, ktu = (kernel.new_empty(max_steps, size) for size in (len(b_term), len(a_term), len(a_term), len(b_term)))
+        log_u, log_v = kernel.new_zeros(max_steps + 1, len(a_term)), kernel.new_zeros(max_steps + 1, len(b_term))
+        drifted, steps = False, 0
+        while steps < max_steps:
+            t, steps = steps, steps + 1
+            torch.exp(log_v[t], out=v[t])
+            torch.mv(kernel, v[t], out=kv[t])
+            torch.sub(a_term, kv[t].clamp_min(tiny).log(), alpha=fi, out=log_u[steps]).clamp_(-bound, bound)
+            torch.exp(log_u[steps], out=u[t])
+            torch.mv(kernel.T, u[t], out=ktu[t])
+            torch.sub(b_term, ktu[t].clamp_min(tiny).log(), alpha=fi, out=log_v[steps]).clamp_(-bound, bound)
+            if tol is not None and steps % check_every == 0:
+                error = _pot_error(alpha + log_u[t], alpha + log_u[steps]) + _pot_error(beta + log_v[t], beta + log_v[steps])
+                drift = torch.cat([log_u[steps], log_v[steps]]).abs().max()
+                error, drift = torch.stack([error / 2, drift]).tolist()
+                drifted = not drift < bound / 2
+                if drifted or error < tol:
+                    break
+        # d log u_t / d kv_t and d log v_t / d ktu_t; a clamped entry passes no gradient
+        live_u, live_v = log_u[1 : steps + 1].abs() < bound, log_v[1 : steps + 1].abs() < bound
+        kv_slope = torch.where(live_u & (kv[:steps] > tiny), -fi / kv[:steps], 0)
+        ktu_slope = torch.where(live_v & (ktu[:steps] > tiny), -fi / ktu[:steps], 0)
+        ctx.save_for_backward(kernel, v[:steps], u[:steps], kv_slope, ktu_slope, live_u, live_v)
+        return log_u[steps].clone(), log_v[steps].clone(), steps, drifted
+
+    @staticmethod
+    def backward(ctx, grad_log_u, grad_log_v, *_):
+        kernel, v, u, kv_slope, ktu_slope, live_u, live_v = ctx.saved_tensors
+        # row t: gradients with respect to the vectors of iteration t
+        grad_u, grad_v = torch.empty_like(u), torch.empty_like(v)
+        grad_kv, grad_ktu = torch.empty_like(kv_slope), torch.empty_like(ktu_slope)
+        last = len(v) - 1
+        grad_v[last] = grad_log_v * live_v[last]
+        for t in reversed(range(len(v))):
+            torch.mul(grad_v[t], ktu_slope[t], out=grad_ktu[t])
+            torch.mul(u[t] * live_u[t], kernel @ grad_ktu[t], out=grad_u[t])
+            if t == last:
+                grad_u[t] += grad_log_u * live_u[t]
+            torch.mul(grad_u[t], kv_slope[t], out=grad_kv[t])
+            if t:
+                torch.mul(v[t] * live_v[t - 1], kernel.T @ grad_kv[t], out=grad_v[t - 1])
+        grad_kernel = torch.cat([grad_kv, u]).T @ torch.cat([v, grad_ktu])
+        return grad_kernel, grad_u.sum(0), grad_v.sum(0), None, None, None, None
+
+
+def _log_scaling_bound(dtype):
+    """B: log scalings stay within +-B, so that u K v cannot overflow (40 in float32)."""
+    return math.log(torch.finfo(dtype).max) / 2 - 4
+
+
+def _pot_error(log_previous, log_current):
+    """POT's max|x - x'| / max(|x|, |x'|, 1) for x = exp(log_current), x' = exp(log_previous), without overflow."""
+    top = torch.cat([log_previous, log_current]).max().clamp_min(0)
+    return ((log_current - top).exp() - (log_previous - top).exp()).abs().max()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Similarity graph, SIGROT, UOT soft targets
+# --------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+@_full_precision
+def similarity_graph(teacher_image_embeds, teacher_text_embeds, caption_image_index, strategy="cross_modality"):
+    """N x N teacher similarity S over caption rows, without gradient.
+
+    E_I: the teacher embedding of each row's image (given per unique image, (B, d)), E_T: of each caption ((N, d)),
+    both L2-normalised here. S_tt = E_T E_T^T, S_ii = E_I E_I^T, S_ti = E_T E_I^T, S_it = S_ti^T; `strategy`:
+    `cross_modality` (S_tt + S_ii + S_ti + S_it) / 4, `arithmetic_mean` (S_tt + S_ii) / 2, `harmonic_mean`
+    2 S_tt S_ii / (S_tt + S_ii + 1e-8), `caption_only` S_tt, `image_only` S_ii. All five are symmetric.
+    """
+    image = F.normalize(teacher_image_embeds, dim=-1)
+    text = F.normalize(teacher_text_embeds, dim=-1)
+    s_tt = text @ text.T
+    s_ii = (image @ image.T)[caption_image_index][:, caption_image_index]
+    if strategy == "cross_modality":
+        s_ti = (text @ image.T)[:, caption_image_index]
+        return (s_tt + s_ii + s_ti + s_ti.T) / 4
+    if strategy == "arithmetic_mean":
+        return (s_tt + s_ii) / 2
+    if strategy == "harmonic_mean":
+        return 2 * s_tt * s_ii / (s_tt + s_ii + 1e-8)
+    if strategy == "caption_only":
+        return s_tt
+    if strategy == "image_only":
+        return s_ii
+    raise ValueError(f"unknown graph strategy {strategy!r}; choose one of {GRAPH_STRATEGIES}")
+
+
+def _caption_row_plan(image_embeds, text_embeds, caption_image_index, reg, reg_m, **sinkhorn_options):
+    """T = N P*, P* the unbalanced plan of the cosine cost C_ij = 1 - x_i . y_j between caption rows, a = b = 1/N."""
+    cost = 1 - caption_row_logits(image_embeds, text_embeds, caption_image_index, 1.0)
+    return cost.shape[0] * unbalanced_sinkhorn(cost, reg, reg_m, **sinkhorn_options)
+
+
+def _generalised_kl(target, log_prior):
+    """(1/N) sum_ij [T_ij (log T_ij - log G_ij - 1) + G_ij] for N x N T and log G, both logs clamped at the smallest
+    normal float (so T log T -> 0 as T -> 0, and nothing is inf or NaN)."""
+    tiny = torch.finfo(target.dtype).tiny
+    log_prior = log_prior.clamp_min(math.log(tiny))
+    terms = target * (target.clamp_min(tiny).log() - log_prior - 1) + log_prior.exp()
+    return terms.sum() / target.shape[0]
+
+
+@_full_precision
+def sigrot_loss(image_embeds, text_embeds, caption_image_index, graph, prior_scale, reg=0.05, reg_m=0.5,
+                **sinkhorn_options):
+    """SIGROT: the generalised KL from the similarity-graph prior to the student's transport plan, both directions.
+
+    T = N P*, P* = `unbalanced_sinkhorn(C, reg, reg_m)` of C_ij = 1 - x_i . y_j over caption rows (rows: each row's
+    image, columns: the captions), a = b = 1/N, gradient through the iterations. Prior G = row-softmax(s S) with
+    S = `graph`, s = `prior_scale` (the model's scale in the paper, not detached, or 1 / a fixed temperature).
+
+        image->text: KL(T || row-softmax(s S)),   text->image: KL(T^T || row-softmax(s S^T)),
+        KL(T || G) = (1/N) sum_ij [T_ij (log T_ij - log G_ij - 1) + G_ij];   loss = their mean.
+
+    The text->image plan is P*^T: the problem with cost C^T and equal uniform marginals is solved by P*^T. For the
+    five (symmetric) graphs both directions share the prior G; they coincide when the plan is symmetric.
+
+    Args:
+        image_embeds: (B, d) per unique image. text_embeds: (N, d). caption_image_index: (N,) long.
+        graph: (N, N) from `similarity_graph`. sinkhorn_options: `max_iter`, `tol`, `check_every`, `detach_plan`.
+    """
+    plan = _caption_row_plan(image_embeds, text_embeds, caption_image_index, reg, reg_m, **sinkhorn_options)
+    image_to_text = _generalised_kl(plan, F.log_softmax(prior_scale * graph, dim=1))
+    text_to_image = _generalised_kl(plan.T, F.log_softmax(prior_scale * graph.T, dim=1))
+    return (image_to_text + text_to_image) / 2
+
+
+@_full_precision
+def uot_soft_target_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None, reg=0.05,
+                         reg_m=0.5, **sinkhorn_options):
+    """The "CLIP + UOT" (no `logit_bias`) and "SigLIP + UOT" (with it) baselines: the student's own plan as soft
+    targets in place of the multi-positive ones.
+
+    T = N P* of the student's cosine cost as in `sigrot_loss`, computed without gradient and without a graph;
+    logits l_ij = s x_i . y_j (+ b) over caption rows.
+      - CLIP + UOT: the mean of CE(row-softmax(l), T / row sums of T) and CE(row-softmax(l^T), T^T / row sums of T^T),
+        CE(p, q) = -(1/N) sum_ij q_ij log p_ij.
+      - SigLIP + UOT: (1/N) sum_ij [q_ij softplus(-l_ij) + (1 - q_ij) softplus(l_ij)], q = T clamped to [0, 1]: the
+        sigmoid loss with soft labels (SigLIP's exactly when T is the identity of one caption per image).
+    """
+    logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias)
+    with torch.no_grad():
+        plan = _caption_row_plan(image_embeds, text_embeds, caption_image_index, reg, reg_m, **sinkhorn_options)
+    if logit_bias is None:
+        tiny = torch.finfo(plan.dtype).tiny
+        row_targets = plan / plan.sum(dim=1, keepdim=True).clamp_min(tiny)
+        column_targets = plan.T / plan.sum(dim=0)[:, None].clamp_min(tiny)
+        return (F.cross_entropy(logits, row_targets) + F.cross_entropy(logits.T, column_targets)) / 2
+    labels = plan.clamp(0, 1)
+    return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / logits.shape[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Many processes
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity whose backward multiplies the gradient by `factor`."""
+
+    @staticmethod
+    def forward(ctx, tensor, factor):
+        ctx.factor = factor
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def _gather_rows(tensor, sizes):
+    """Concatenate every process's `tensor` (dim 0 sizes `sizes`, in rank order); this process's slot stays live
+    with its gradient multiplied by the number of processes, the others are constants."""
+    world_size, rank = dist.get_world_size(), dist.get_rank()
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor.detach()
+    parts = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(parts, padded)
+    parts = [part[:size] for part, size in zip(parts, sizes)]
+    parts[rank] = _ScaleGradient.apply(tensor, world_size) if tensor.requires_grad else tensor
+    return torch.cat(parts)
+
+
+def gather_batch(image_embeds, text_embeds, caption_image_index, teacher_image_embeds=None, teacher_text_embeds=None):
+    """One global batch from every process's (differently sized) batch, concatenated in rank order, with
+    `caption_image_index` shifted by each process's image offset; unchanged without torch.distributed or with one
+    process. None stays None.
+
+    Gradient contract: every process computes the same loss L on the global batch; the gradient of L reaches only
+    this process's own rows, multiplied by the world size W. Once DDP (or accelerate) averages the parameter
+    gradients over the W processes, every parameter, encoder weights and the logit scale or bias alike, holds
+    exactly the gradient of L that one process would get on the union of the batches.
+    """
+    inputs = (image_embeds, text_embeds, caption_image_index, teacher_image_embeds, teacher_text_embeds)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return inputs
+    local_sizes = torch.tensor([image_embeds.shape[0], text_embeds.shape[0]], device=image_embeds.device)
+    all_sizes = [torch.empty_like(local_sizes) for _ in range(dist.get_world_size())]
+    dist.all_gather(all_sizes, local_sizes)
+    image_sizes, caption_sizes = torch.stack(all_sizes).T.tolist()
+    image_offset = sum(image_sizes[: dist.get_rank()])
+    sizes = (image_sizes, caption_sizes, caption_sizes, image_sizes, caption_sizes)
+    shifted = (image_embeds, text_embeds, caption_image_index + image_offset, teacher_image_embeds, teacher_text_embeds)
+    return tuple(None if tensor is None else _gather_rows(tensor, size) for tensor, size in zip(shifted, sizes))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The training loss
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LossOutput:
+    """`loss` to back-propagate; `contrastive` and `sigrot`, the terms it combines (None when unused), detached."""
+
+    loss: torch.Tensor
+    contrastive: torch.Tensor | None = None
+    sigrot: torch.Tensor | None = None
+
+
+class ContrastiveOTLoss(nn.Module):
+    """The training loss, chosen by `loss_type`:
+
+    - `clip`, `siglip`: the multi-positive CLIP / SigLIP loss L_con (`modeling_viclip_ot`).
+    - `clip_sigrot` (ViCLIP-OT), `siglip_sigrot` (ViSigLIP-OT): L_SIGROT + contrastive_weight * L_con.
+    - `sigrot`: L_SIGROT alone.
+    - `clip_uot`, `siglip_uot`: `uot_soft_target_loss`, reported as the contrastive term.
+
+    SIGROT's prior scale is the model's `logit_scale` (not detached) unless `prior_temperature` is set (scale
+    1 / temperature). The Sinkhorn options go to `unbalanced_sinkhorn`. With `gather_distributed`, the batches of all
+    processes form one contrastive batch and one SIGROT plan (`gather_batch`, whose gradient contract holds).
+    """
+
+    def __init__(self, loss_type="clip_sigrot", contrastive_weight=0.1, ot_reg=0.05, ot_reg_m=0.5, ot_max_iter=200,
+                 ot_tol=1e-6, ot_check_every=10, graph_strategy="cross_modality", prior_temperature=None,
+                 detach_plan=False, gather_distributed=True):
+        super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+        if graph_strategy not in GRAPH_STRATEGIES:
+            raise ValueError(f"unknown graph_strategy {graph_strategy!r}; choose one of {GRAPH_STRATEGIES}")
+        self.loss_type, self.contrastive_weight = loss_type, contrastive_weight
+        self.graph_strategy, self.prior_temperature = graph_strategy, prior_temperature
+        self.gather_distributed = gather_distributed
+        self.ot_options = {
+            "reg": ot_reg, "reg_m": ot_reg_m, "max_iter": ot_max_iter, "tol": ot_tol, "check_every": ot_check_every,
+        }
+        self.detach_plan = detach_plan
+
+    def forward(self, image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None,
+                teacher_image_embeds=None, teacher_text_embeds=None) -> LossOutput:
+        """image_embeds (B, d) per unique image, text_embeds (N, d), caption_image_index (N,), logit_scale the scale
+        s, logit_bias b (SigLIP types), teacher embeddings (B, d_t) and (N, d_t) (SIGROT types)."""
+        uses_sigrot, siglip = "sigrot" in self.loss_type, self.loss_type.startswith("siglip")
+        if uses_sigrot and (teacher_image_embeds is None or teacher_text_embeds is None):
+            raise ValueError(f"loss_type {self.loss_type!r} needs teacher_image_embeds and teacher_text_embeds")
+        if siglip and logit_bias is None:
+            raise ValueError(f"loss_type {self.loss_type!r} needs logit_bias")
+        if self.gather_distributed:
+            image_embeds, text_embeds, caption_image_index, teacher_image_embeds, teacher_text_embeds = gather_batch(
+                image_embeds, text_embeds, caption_image_index, teacher_image_embeds, teacher_text_embeds
+            )
+        check_caption_image_index(caption_image_index, image_embeds.shape[0], text_embeds.shape[0])
+        batch = (image_embeds, text_embeds, caption_image_index)
+
+        contrastive = sigrot = None
+        if self.loss_type.endswith("uot"):
+            contrastive = uot_soft_target_loss(*batch, logit_scale, logit_bias if siglip else None, **self.ot_options)
+        elif self.loss_type != "sigrot":
+            contrastive = _contrastive_loss(*batch, logit_scale, logit_bias if siglip else None)
+        if uses_sigrot:
+            graph = similarity_graph(teacher_image_embeds, teacher_text_embeds, caption_image_index,
+                                     self.graph_strategy)
+            prior_scale = logit_scale if self.prior_temperature is None else 1 / self.prior_temperature
+            sigrot = sigrot_loss(*batch, graph, prior_scale, detach_plan=self.detach_plan, **self.ot_options)
+
+        if sigrot is None:
+            loss = contrastive
+        elif contrastive is None:
+            loss = sigrot
+        else:
+            loss = sigrot + self.contrastive_weight * contrastive
+        detached = [None if term is None else term.detach() for term in (contrastive, sigrot)]
+        return LossOutput(loss, *detached)
+
+
+@_full_precision
+def _contrastive_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None):
+    """Multi-positive CLIP loss, or SigLIP's when `logit_bias` is given, in full precision."""
+    if logit_bias is None:
+        return multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, logit_scale)
+    return multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias)
