@@ -40,7 +40,9 @@ def build_model(model_args, train_dataset, output_dir):
             **model_args.config_kwargs(),
         )
     captions = [caption for captions in train_dataset["captions"] for caption in captions]
-    text_folder = save_small_text_tower(Path(output_dir) / "small_text_tower", captions)
+    text_folder = save_small_text_tower(
+        Path(output_dir) / "small_text_tower", captions, **json.loads(model_args.small_text_tower_kwargs)
+    )
     overrides = model_args.config_kwargs()
     overrides["vision_model_kwargs"] = {
         **small_image_tower_kwargs(image_size=model_args.image_size), **overrides["vision_model_kwargs"]

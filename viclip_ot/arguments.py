@@ -27,6 +27,9 @@ class ModelArguments:
         metadata={"help": "Build small random towers instead (DINOv3 layout; a BERT with a tokenizer trained on the "
                           "training captions): the demo, or a smoke test."},
     )
+    small_text_tower_kwargs: str = field(
+        default="{}", metadata={"help": "JSON of save_small_text_tower arguments (hidden_size, num_layers, ...)."}
+    )
     vision_model_name: str | None = field(default=None, metadata={"help": "timm architecture for a weights file."})
     vision_model_kwargs: str = field(default="{}", metadata={"help": "JSON of extra timm.create_model arguments."})
     vision_pooling: str = "avg"
