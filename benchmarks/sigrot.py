@@ -8,8 +8,8 @@ settings reg 0.05, reg_m 0.5, tol 1e-6, at most 200 iterations, float32) it runs
 Markdown table (also written to benchmarks/results/sigrot.md).
 
 Time: the best of `--repeats` runs after a warm-up (timeit's convention: the least disturbed run), the two solvers
-alternating so that both see the same machine load. Peak memory: one more run each, the most memory its tensors held at once above what existed before it (CPU:
-the profiler's memory timeline; CUDA: `max_memory_allocated`).
+alternating so that both see the same machine load. Peak memory: one more run each, the most memory its tensors held
+at once above what existed before it (CPU: the profiler's memory timeline; CUDA: `max_memory_allocated`).
 """
 
 import argparse
@@ -88,7 +88,8 @@ def peak_memory_mb(name, batch):
             torch.cuda.reset_peak_memory_stats()
             timed_step(batch)
             return (torch.cuda.max_memory_allocated() - base) / 2**20
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as run:
+        options = {"profile_memory": True, "record_shapes": True, "with_stack": True}  # what the timeline needs
+        with profile(activities=[ProfilerActivity.CPU], **options) as run:
             timed_step(batch)
     live = peak = 0
     for _, action, _, size in run._memory_profile().timeline:
@@ -139,7 +140,8 @@ def main():
         f"SIGROT plan + loss + backward on {device}, float32, reg 0.05, reg_m 0.5, tol 1e-6, at most 200 "
         f"iterations; torch {torch.__version__}, POT {ot.__version__}; best of {args.repeats} runs.",
         "",
-        "| N captions | ours: time / peak memory | POT torch backend: time / peak memory | speed-up | max abs plan difference |",
+        "| N captions | ours: time / peak memory | POT torch backend: time / peak memory | speed-up "
+        "| max abs plan difference |",
         "|---|---|---|---|---|",
         *rows,
     ])

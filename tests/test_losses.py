@@ -140,7 +140,8 @@ def test_gradient_equals_pots_autograd():
     ours, theirs = (cosine_cost(8, 10, seed=10).requires_grad_() for _ in range(2))
     (unbalanced_sinkhorn(ours, 0.05, 0.5, max_iter=60, tol=None) * weights).sum().backward()
     uniform = torch.tensor([], dtype=torch.float64)
-    plan = ot.unbalanced.sinkhorn_unbalanced(uniform, uniform, theirs, 0.05, 0.5, reg_type="kl", numItermax=60, stopThr=0)
+    plan = ot.unbalanced.sinkhorn_unbalanced(uniform, uniform, theirs, 0.05, 0.5, reg_type="kl", numItermax=60,
+                                             stopThr=0)
     (plan * weights).sum().backward()
     assert (ours.grad - theirs.grad).abs().max() < 1e-12
 
@@ -168,6 +169,10 @@ def batch(seed=0, dim=4, teacher_dim=5):
         "teacher_image_embeds": 3 * unit_rows(3, teacher_dim, seed=seed + 2),  # normalised inside
         "teacher_text_embeds": unit_rows(len(INDEX), teacher_dim, seed=seed + 3),
     }
+
+
+def teachers(inputs):
+    return inputs["teacher_image_embeds"], inputs["teacher_text_embeds"], inputs["caption_image_index"]
 
 
 def numpy_of(inputs):
@@ -227,7 +232,8 @@ def direct_sigrot(inputs, scale, strategy="cross_modality", reg=0.05, reg_m=0.5)
 def soft_cross_entropy(logits, targets):
     """-(1/N) sum_ij q_ij log softmax_j(l_i)."""
     log_probabilities = np.log(row_softmax(logits))
-    return -sum(targets[i, j] * log_probabilities[i, j] for i in range(len(logits)) for j in range(len(logits))) / len(logits)
+    n = len(logits)
+    return -sum(targets[i, j] * log_probabilities[i, j] for i in range(n) for j in range(n)) / n
 
 
 def same_image_targets():
@@ -271,8 +277,7 @@ def direct_siglip_uot(inputs, scale, bias):
 @pytest.mark.parametrize("strategy", GRAPH_STRATEGIES)
 def test_similarity_graph(strategy):
     inputs = batch()
-    graph = similarity_graph(inputs["teacher_image_embeds"], inputs["teacher_text_embeds"], inputs["caption_image_index"],
-                             strategy)
+    graph = similarity_graph(*teachers(inputs), strategy)
     np.testing.assert_allclose(graph.numpy(), direct_graph(numpy_of(inputs), strategy), rtol=0, atol=1e-12)
     torch.testing.assert_close(graph, graph.T, rtol=0, atol=1e-15)
 
@@ -280,8 +285,7 @@ def test_similarity_graph(strategy):
 @pytest.mark.parametrize("strategy", GRAPH_STRATEGIES)
 def test_sigrot_loss(strategy):
     inputs, scale = batch(), 7.0
-    graph = similarity_graph(inputs["teacher_image_embeds"], inputs["teacher_text_embeds"], inputs["caption_image_index"],
-                             strategy)
+    graph = similarity_graph(*teachers(inputs), strategy)
     loss = sigrot_loss(inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], graph,
                        torch.tensor(scale, dtype=torch.float64), **CONVERGED)
     assert loss.item() == pytest.approx(direct_sigrot(numpy_of(inputs), scale, strategy), rel=1e-10)
@@ -395,17 +399,14 @@ def test_uot_gradient_holds_the_plan_constant(loss_type):
 
 
 def degenerate_batches():
-    orthogonal = torch.eye(6, dtype=torch.float32)
-    same = F.normalize(torch.ones(6, 8), dim=-1)
+    orthogonal, same, index = torch.eye(6), F.normalize(torch.ones(6, 8), dim=-1), torch.tensor(INDEX)
+    images, texts = unit_rows(3, 4, dtype=torch.float32), unit_rows(6, 4, seed=1, dtype=torch.float32)
     return {
-        "identical": (same[:3], same, torch.tensor(INDEX), {}),
-        "orthogonal": (orthogonal[:3], orthogonal, torch.tensor(INDEX), {}),
-        "reg 1e-3": (unit_rows(3, 4, dtype=torch.float32), unit_rows(6, 4, seed=1, dtype=torch.float32),
-                     torch.tensor(INDEX), {"ot_reg": 1e-3}),
-        "one image, three captions": (unit_rows(1, 4, dtype=torch.float32), unit_rows(3, 4, seed=1, dtype=torch.float32),
-                                      torch.zeros(3, dtype=torch.long), {}),
-        "one image, one caption": (unit_rows(1, 4, dtype=torch.float32), unit_rows(1, 4, seed=1, dtype=torch.float32),
-                                   torch.zeros(1, dtype=torch.long), {}),
+        "identical": (same[:3], same, index, {}),
+        "orthogonal": (orthogonal[:3], orthogonal, index, {}),
+        "reg 1e-3": (images, texts, index, {"ot_reg": 1e-3}),
+        "one image, three captions": (images[:1], texts[:3], torch.zeros(3, dtype=torch.long), {}),
+        "one image, one caption": (images[:1], texts[:1], torch.zeros(1, dtype=torch.long), {}),
     }
 
 

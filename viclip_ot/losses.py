@@ -122,13 +122,13 @@ class _ScalingIterations(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernel, a_term, b_term, alpha, beta, max_steps, options):
         fi, bound, tol, check_every = options["fi"], options["bound"], options["tol"], options["check_every"]
-        tiny = torch.finfo(kernel.dtype).tiny
-        # row t: the vectors of iteration t; log_v[0] = 0 is the start
-        v, kv, u, ktu = (kernel.new_empty(max_steps, size) for size in (len(b_term), len(a_term), len(a_term), len(b_term)))
-        log_u, log_v = kernel.new_zeros(max_steps + 1, len(a_term)), kernel.new_zeros(max_steps + 1, len(b_term))
-        drifted, steps = False, 0
-        while steps < max_steps:
-            t, steps = steps, steps + 1
+        tiny, rows, columns = torch.finfo(kernel.dtype).tiny, len(a_term), len(b_term)
+        # row t holds the vectors of iteration t + 1, which reads v[t] = exp(log_v[t]); log_v[0] = 0 is the start
+        v, kv, u, ktu = (kernel.new_empty(max_steps, size) for size in (columns, rows, rows, columns))
+        log_u, log_v = kernel.new_zeros(max_steps + 1, rows), kernel.new_zeros(max_steps + 1, columns)
+        drifted = False
+        for t in range(max_steps):
+            steps = t + 1
             torch.exp(log_v[t], out=v[t])
             torch.mv(kernel, v[t], out=kv[t])
             torch.sub(a_term, kv[t].clamp_min(tiny).log(), alpha=fi, out=log_u[steps]).clamp_(-bound, bound)
@@ -136,9 +136,10 @@ class _ScalingIterations(torch.autograd.Function):
             torch.mv(kernel.T, u[t], out=ktu[t])
             torch.sub(b_term, ktu[t].clamp_min(tiny).log(), alpha=fi, out=log_v[steps]).clamp_(-bound, bound)
             if tol is not None and steps % check_every == 0:
-                error = _pot_error(alpha + log_u[t], alpha + log_u[steps]) + _pot_error(beta + log_v[t], beta + log_v[steps])
+                error = (_pot_error(alpha + log_u[t], alpha + log_u[steps])
+                         + _pot_error(beta + log_v[t], beta + log_v[steps])) / 2
                 drift = torch.cat([log_u[steps], log_v[steps]]).abs().max()
-                error, drift = torch.stack([error / 2, drift]).tolist()
+                error, drift = torch.stack([error, drift]).tolist()  # the one host synchronisation
                 drifted = not drift < bound / 2
                 if drifted or error < tol:
                     break
@@ -240,8 +241,9 @@ def sigrot_loss(image_embeds, text_embeds, caption_image_index, graph, prior_sca
         image->text: KL(T || row-softmax(s S)),   text->image: KL(T^T || row-softmax(s S^T)),
         KL(T || G) = (1/N) sum_ij [T_ij (log T_ij - log G_ij - 1) + G_ij];   loss = their mean.
 
-    The text->image plan is P*^T: the problem with cost C^T and equal uniform marginals is solved by P*^T. For the
-    five (symmetric) graphs both directions share the prior G; they coincide when the plan is symmetric.
+    The text->image plan is P*^T: the problem with cost C^T and equal uniform marginals is solved by P*^T, so one
+    Sinkhorn run serves both. The five graphs are symmetric, so both directions share the prior G and differ only in
+    T versus T^T; the terms coincide when the plan is symmetric (the authors' two terms are numerically identical).
 
     Args:
         image_embeds: (B, d) per unique image. text_embeds: (N, d). caption_image_index: (N,) long.
