@@ -146,6 +146,16 @@ def test_gradient_equals_pots_autograd():
     assert (ours.grad - theirs.grad).abs().max() < 1e-12
 
 
+def test_sinkhorn_in_float32_under_bf16_autocast():
+    cost = cosine_cost(6, 9, seed=12, dtype=torch.float32)
+    expected = unbalanced_sinkhorn(cost, 0.05, 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(unbalanced_sinkhorn(cost, 0.05, 0.5), expected)
+        from_bf16 = unbalanced_sinkhorn(cost.bfloat16(), 0.05, 0.5)
+    assert from_bf16.dtype == torch.float32
+    assert torch.equal(from_bf16, unbalanced_sinkhorn(cost.bfloat16().float(), 0.05, 0.5))
+
+
 def test_detach_plan():
     cost = cosine_cost(6, 6, seed=11).requires_grad_()
     plan = unbalanced_sinkhorn(cost, 0.05, 0.5, detach_plan=True)

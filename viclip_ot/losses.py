@@ -103,9 +103,9 @@ def unbalanced_sinkhorn(cost, reg, reg_m, a=None, b=None, max_iter=200, tol=1e-6
                 kernel, a_term, b_term, alpha.detach(), beta.detach(), max_iter - done, options
             )
             done += steps
-            if not drifted:
-                return log_u.exp()[:, None] * kernel * log_v.exp()
             alpha, beta = alpha + log_u, beta + log_v
+            if not drifted:  # the plan diag(u) K diag(v), as one exp (which keeps only its result for backward)
+                return torch.exp(log_kernel + alpha[:, None] + beta)
 
 
 class _ScalingIterations(torch.autograd.Function):
