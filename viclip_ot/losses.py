@@ -280,6 +280,14 @@ def uot_soft_target_loss(image_embeds, text_embeds, caption_image_index, logit_s
     return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / logits.shape[0]
 
 
+@_full_precision
+def _contrastive_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None):
+    """Multi-positive CLIP loss, or SigLIP's when `logit_bias` is given, in full precision."""
+    if logit_bias is None:
+        return multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, logit_scale)
+    return multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Many processes
 # --------------------------------------------------------------------------------------------------------------
@@ -413,10 +421,3 @@ class ContrastiveOTLoss(nn.Module):
         detached = [None if term is None else term.detach() for term in (contrastive, sigrot)]
         return LossOutput(loss, *detached)
 
-
-@_full_precision
-def _contrastive_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None):
-    """Multi-positive CLIP loss, or SigLIP's when `logit_bias` is given, in full precision."""
-    if logit_bias is None:
-        return multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, logit_scale)
-    return multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias)
