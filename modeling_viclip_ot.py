@@ -37,8 +37,9 @@ def same_image_mask(caption_image_index):
 
 
 def caption_row_logits(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None):
-    """N x N logits s * x_i . y_j (+ b): row i is the image of caption i, column j is caption j."""
-    logits = logit_scale * image_embeds.index_select(0, caption_image_index) @ text_embeds.T
+    """N x N logits s * x_i . y_j (+ b): row i is the image of caption i, column j is caption j (the B x N image
+    rows are computed once and then repeated per caption)."""
+    logits = (logit_scale * image_embeds @ text_embeds.T).index_select(0, caption_image_index)
     return logits if logit_bias is None else logits + logit_bias
 
 

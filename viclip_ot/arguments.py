@@ -86,6 +86,7 @@ class LossArguments:
     ot_reg_m: float = field(default=0.5, metadata={"help": "Marginal relaxation tau (inf: balanced OT)."})
     ot_max_iter: int = 200
     ot_tol: float = 1e-6
+    ot_check_every: int = field(default=10, metadata={"help": "Sinkhorn iterations between convergence checks."})
     graph_strategy: str = field(
         default="cross_modality",
         metadata={"help": "cross_modality, arithmetic_mean, harmonic_mean, caption_only or image_only."},
