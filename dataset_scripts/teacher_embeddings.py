@@ -76,13 +76,14 @@ class TeacherEmbeddings:
     def dimension(self):
         return self.image_embeds.shape[1]
 
-    def save(self, path):
-        """Write the file atomically (a temporary file, then a rename)."""
+    def save(self, path, dtype=torch.float32):
+        """Write the file atomically (a temporary file, then a rename), rows stored as `dtype`."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {**{k: str(v) for k, v in self.metadata.items()}, "image_ids": json.dumps(self.image_ids),
                     "dimension": str(self.dimension)}
-        tensors = {"image_embeds": self.image_embeds.contiguous(), "text_embeds": self.text_embeds.contiguous(),
+        tensors = {"image_embeds": self.image_embeds.to(dtype).contiguous(),
+                   "text_embeds": self.text_embeds.to(dtype).contiguous(),
                    "caption_counts": self.caption_counts.contiguous()}
         partial = path.with_name(path.name + ".partial")
         save_file(tensors, partial, metadata=metadata)
@@ -258,6 +259,7 @@ def main(argv=None):
     parser.add_argument("--teacher", default="Qwen/Qwen3-VL-Embedding-2B", help="Hub id or folder")
     parser.add_argument("--output", required=True, help=".safetensors file to write")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--float16", action="store_true", help="store the rows as float16 (half the file size)")
     args = parser.parse_args(argv)
 
     accelerator = Accelerator()
@@ -265,7 +267,7 @@ def main(argv=None):
     teacher = load_teacher(args.teacher, device=accelerator.device)
     embeddings = compute_teacher_embeddings(dataset, teacher, args.batch_size, accelerator, args.corpus, args.split)
     if accelerator.is_main_process:
-        embeddings.save(args.output)
+        embeddings.save(args.output, torch.float16 if args.float16 else torch.float32)
         print(f"wrote {args.output}: {len(embeddings.image_ids)} images, {len(embeddings.text_embeds)} captions, "
               f"dimension {embeddings.dimension}")
 
