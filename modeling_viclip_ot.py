@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+from timm.models import load_model_config_from_hf
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -355,7 +356,8 @@ class ViCLIPOTModel(PreTrainedModel):
 
         Args:
             vision_model_name_or_path: a timm name, optionally with its pretrained tag
-                (`vit_base_patch16_dinov3.lvd1689m`, downloaded from the Hub), `hf-hub:<repo>`, a local folder
+                (`vit_base_patch16_dinov3.lvd1689m`, downloaded from the Hub), `hf-hub:<repo>` (e.g.
+                `hf-hub:timm/convnext_base.dinov3_lvd1689m`), a local folder
                 in timm's Hub layout (`config.json` + weights), or a weights file (`.safetensors`, `.pth`, `.bin`)
                 for the architecture given as `vision_model_name=...`.
             text_model_name_or_path: a transformers model name or folder (a sentence-transformers folder too: its
@@ -364,25 +366,25 @@ class ViCLIPOTModel(PreTrainedModel):
             config_kwargs: any other [`ViCLIPOTConfig`] field.
         """
         vision_source = str(vision_model_name_or_path)
-        timm_kwargs = {"pretrained": True}
+        timm_name, timm_kwargs = vision_source, {"pretrained": True}  # what timm.create_model loads
         if Path(vision_source).is_file():
             if "vision_model_name" not in config_kwargs:
                 raise ValueError(f"give vision_model_name=<timm architecture> for the weights file {vision_source}")
+            timm_name = architecture = config_kwargs["vision_model_name"]
             timm_kwargs["pretrained_cfg_overlay"] = {"file": vision_source}
-            architecture = config_kwargs["vision_model_name"]
         elif Path(vision_source).is_dir():
             timm_config = Path(vision_source, "config.json")
             if not timm_config.is_file():
                 raise FileNotFoundError(f"{vision_source} is no timm model folder: {timm_config} is missing")
-            architecture = json.loads(timm_config.read_text())["architecture"]
+            timm_name = architecture = json.loads(timm_config.read_text())["architecture"]
             timm_kwargs["pretrained_cfg_overlay"] = {"hf_hub_id": None, "file": str(_find_weights(vision_source))}
         elif vision_source.startswith("hf-hub:"):
-            architecture = vision_source
+            architecture = load_model_config_from_hf(vision_source[len("hf-hub:"):])[1]
+        elif timm.is_model(vision_source):
+            architecture = vision_source.split(".")[0]  # without the pretrained tag
         else:
-            architecture = vision_source
-            if not timm.is_model(architecture):
-                raise ValueError(f"unknown timm image tower {architecture!r} (and no such file or folder)")
-        config_kwargs.setdefault("vision_model_name", architecture.split(".")[0])
+            raise ValueError(f"unknown timm image tower {vision_source!r} (and no such file or folder)")
+        config_kwargs.setdefault("vision_model_name", architecture)
 
         text_source = str(text_model_name_or_path)
         try:
@@ -396,10 +398,7 @@ class ViCLIPOTModel(PreTrainedModel):
         config = ViCLIPOTConfig(text_config=text_config.to_dict(), **config_kwargs)
         model = cls(config)
         pretrained_vision = timm.create_model(
-            architecture if not Path(vision_source).exists() else config.vision_model_name,
-            num_classes=0,
-            global_pool=config.vision_pooling,
-            **{**config.vision_model_kwargs, **timm_kwargs},
+            timm_name, num_classes=0, global_pool=config.vision_pooling, **{**config.vision_model_kwargs, **timm_kwargs}
         )
         model.vision_model.load_state_dict(pretrained_vision.state_dict())
         pretrained_text = AutoModel.from_pretrained(text_source)
