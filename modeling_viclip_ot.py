@@ -21,10 +21,10 @@ from transformers.utils import ModelOutput
 
 try:
     from .configuration_viclip_ot import ViCLIPOTConfig
-    from .processing_viclip_ot import ViCLIPOTProcessor, load_rgb_image, read_sentence_transformers_settings
+    from .processing_viclip_ot import ViCLIPOTProcessor, read_sentence_transformers_settings
 except ImportError:  # imported as a top-level module (installed package) rather than as remote code
     from configuration_viclip_ot import ViCLIPOTConfig
-    from processing_viclip_ot import ViCLIPOTProcessor, load_rgb_image, read_sentence_transformers_settings
+    from processing_viclip_ot import ViCLIPOTProcessor, read_sentence_transformers_settings
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -336,11 +336,10 @@ class ViCLIPOTModel(PreTrainedModel):
         for start in tqdm(starts, desc=f"encoding {kind}", disable=not show_progress_bar, unit="batch"):
             batch = items[start : start + batch_size]
             if kind == "images":
-                inputs = self.processor(images=[load_rgb_image(item) for item in batch])
+                inputs = self.processor(images=batch)
                 embeds = self.get_image_features(inputs["pixel_values"].to(self.device)).pooler_output
             else:
-                inputs = self.processor(text=batch).to(self.device)
-                embeds = self.get_text_features(**{k: v for k, v in inputs.items() if k != "pixel_values"}).pooler_output
+                embeds = self.get_text_features(**self.processor(text=batch).to(self.device)).pooler_output
             chunks.append(F.normalize(embeds.float(), dim=-1).cpu())
         self.train(was_training)
         dim = self.config.projection_dim
