@@ -213,3 +213,19 @@ def test_teacher_files_that_do_not_match_fail_before_training(tmp_path, demo_tea
     with pytest.raises(TeacherMismatchError, match="image dimension 24 != text dimension 8"):
         TeacherEmbeddings(teacher.image_embeds, teacher.text_embeds[:, :8], teacher.image_ids, teacher.caption_counts, {})
     assert not (tmp_path / "a" / "final").exists() and not (tmp_path / "b" / "final").exists()
+
+
+def test_optimizer_groups_learning_rates_and_weight_decay(corpus, tmp_path):
+    folder, train, teacher = corpus
+    model = small_model(tmp_path, [c for cs in train["captions"] for c in cs])
+    trainer, _ = make_trainer(model, tmp_path / "out", learning_rate=1e-4, head_learning_rate=5e-3, weight_decay=0.1)
+    optimizer = trainer.create_optimizer()
+    settings = {id(p): (group["lr"], group["weight_decay"]) for group in optimizer.param_groups for p in group["params"]}
+    named = dict(model.named_parameters())
+    assert settings[id(named["vision_head.proj.weight"])] == (5e-3, 0.1)
+    assert settings[id(named["logit_scale"])] == (5e-3, 0.0)
+    assert settings[id(named["vision_model.blocks.0.attn.qkv.weight"])] == (1e-4, 0.1)
+    assert settings[id(named["vision_model.cls_token"])] == (1e-4, 0.0)
+    assert settings[id(named["text_model.encoder.layer.0.output.LayerNorm.weight"])] == (1e-4, 0.0)
+    assert settings[id(named["text_model.embeddings.word_embeddings.weight"])] == (1e-4, 0.1)
+    assert len(settings) == sum(p.requires_grad for p in model.parameters())

@@ -155,7 +155,8 @@ class ViCLIPOTTrainer(Trainer):
         if self.optimizer is not None:
             return self.optimizer
         model = self.model if model is None else model
-        no_decay = {f"vision_model.{name}" for name in model.vision_model.no_weight_decay()}
+        tokens = getattr(model.vision_model, "no_weight_decay", set)()  # timm's list (cls/register tokens, ...)
+        no_decay = {f"vision_model.{name}" for name in tokens}
         groups = defaultdict(list)
         for name, parameter in model.named_parameters():
             if not parameter.requires_grad:
