@@ -1,12 +1,13 @@
 """Small towers built offline from configs: the demo model and the tests use them instead of downloads.
 
 The image tower keeps DINOv3's layout (timm `Eva` with RoPE and 4 register tokens) at a few ten thousand
-parameters; the text tower is a small BERT or RoBERTa whose WordPiece tokenizer is trained on the given texts.
+parameters; the text tower is a small BERT or RoBERTa whose word-level tokenizer is built from the given texts.
 """
 
+from collections import Counter
 from pathlib import Path
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
 
 from configuration_viclip_ot import ViCLIPOTConfig
@@ -15,16 +16,21 @@ SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS
 
 
 def train_tokenizer(texts, vocab_size=1000, model_max_length=64) -> PreTrainedTokenizerFast:
-    """A lower-casing WordPiece tokenizer (`[CLS] text [SEP]`) trained on `texts`; Vietnamese diacritics kept."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.train_from_iterator(
-        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()))
+    """A lower-casing word-level WordPiece tokenizer (`[CLS] text [SEP]`) whose vocabulary is the `vocab_size` most
+    frequent words of `texts` (ties in alphabetical order, so the same texts always give the same ids); Vietnamese
+    diacritics are kept, other words become `[UNK]`."""
+    normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(
+        word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
     )
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    words = sorted(counts, key=lambda word: (-counts[word], word))[: vocab_size - len(SPECIAL_TOKENS)]
+    vocab = {token: index for index, token in enumerate([*SPECIAL_TOKENS.values(), *words])}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, pre_tokenizer
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length, **SPECIAL_TOKENS)
 
