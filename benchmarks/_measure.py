@@ -31,18 +31,23 @@ def time_call(function, device="cpu"):
     return time.perf_counter() - start, result
 
 
-def repeat_timing(function, warmup=1, repeats=3, device="cpu", label=None):
-    """`warmup` untimed calls, then `repeats` timed ones; returns the list of seconds (report its median)."""
+def repeat_timing(function, warmup=1, repeats=3, device="cpu", label=None, cpu_times=None):
+    """`warmup` untimed calls, then `repeats` timed ones; returns the list of seconds (report its median). The
+    process's CPU seconds (user + system) of each timed call are appended to `cpu_times` when it is a list."""
     for index in range(warmup):
         seconds, _ = time_call(function, device)
         if label:
             print(f"  {label}: warm-up {index + 1}/{warmup} {seconds:.2f} s", flush=True)
     times = []
     for index in range(repeats):
+        usage = cpu_usage()
         seconds, _ = time_call(function, device)
+        cpu_seconds = sum(cpu_usage()[:2]) - sum(usage[:2])
         times.append(seconds)
+        if cpu_times is not None:
+            cpu_times.append(cpu_seconds)
         if label:
-            print(f"  {label}: run {index + 1}/{repeats} {seconds:.2f} s", flush=True)
+            print(f"  {label}: run {index + 1}/{repeats} {seconds:.2f} s (CPU {cpu_seconds:.2f} s)", flush=True)
     return times
 
 

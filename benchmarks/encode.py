@@ -73,15 +73,19 @@ def benchmark(model, device, dtype, args, generator):
          f"padded to {input_ids.shape[1]}"),
     ):
         print(f"{device} {dtype} {kind}: batch {batch} (load average {load_average()})", flush=True)
-        times = repeat_timing(function, args.warmup, args.repeats, device, label=f"{device} {kind}")
+        cpu_times = []
+        times = repeat_timing(function, args.warmup, args.repeats, device, label=f"{device} {kind}",
+                              cpu_times=cpu_times)
         seconds = median(times)
-        rows.append([device, dtype, kind, shape, batch, f"{seconds:.2f}", f"{batch / seconds:.1f}", spread(times)])
+        rows.append([device, dtype, kind, shape, batch, f"{seconds:.2f}", f"{batch / seconds:.1f}", spread(times),
+                     f"{median(cpu_times):.1f}"])
         print(markdown_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
     model.to("cpu")
     return rows
 
 
-HEADERS = ["device", "precision", "input", "shape", "batch", "median s / batch", "items / s", "range (s)"]
+HEADERS = ["device", "precision", "input", "shape", "batch", "median s / batch", "items / s", "range (s)",
+           "median CPU s / batch"]
 
 
 def main():
@@ -125,7 +129,8 @@ def main():
         "random inputs (preprocessing not timed). Texts: random token ids, lengths drawn uniformly from "
         f"{CAPTION_TOKENS[0]}-{CAPTION_TOKENS[1]} PhoBERT tokens (<s> and </s> included), padded to the longest "
         f"caption of the batch. {args.warmup} warm-up batch(es), then the median of {args.repeats} timed batches; "
-        "range = fastest-slowest timed batch.",
+        "range = fastest-slowest timed batch. CPU s = the process's user + system CPU time per batch (all threads): "
+        f"about {torch.get_num_threads()} x the wall-clock time when no other process competed for the cores.",
         "",
         markdown_table(HEADERS, rows),
         "",

@@ -21,11 +21,17 @@ cases interleaved) and `large` (the 128-image cached step, then the loss timings
 its loss). Memory on the CPU is the process's resident set size: the peak (VmHWM) is reset through
 /proc/self/clear_refs just before a step, and a step's "extra" is its peak minus the resident size before it
 (parameters and AdamW state are already allocated then: a 2-image warm-up step ran first; gradients are not, they
-were set to None). On CUDA it is `torch.cuda.max_memory_allocated` likewise.
+were set to None). On CUDA it is `torch.cuda.max_memory_allocated` likewise. Every step also records the
+process's user and system CPU time and minor page faults: on a shared machine CPU time is less disturbed by other
+processes than wall-clock time.
 
-    python benchmarks/train_step.py                 # CPU fp32, writes benchmarks/results/train_step.md
+The raw results go to a .json beside the Markdown; `--only small|large` measures one part again and keeps the other,
+`--report-only` rewrites the Markdown from the .json.
+
+    python benchmarks/train_step.py                 # CPU fp32, writes benchmarks/results/train_step.{md,json}
     python benchmarks/train_step.py --quick         # smoke run: 2-block towers, tiny batches, no file
-    python benchmarks/train_step.py --device cuda --dtype bf16   # bf16 autocast on a GPU
+    python benchmarks/train_step.py --only small    # (a) and the plain step again
+    python benchmarks/train_step.py --device cuda --dtype bf16 --output gpu.md   # bf16 autocast on a GPU
 """
 
 import argparse
@@ -38,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from _measure import (
+    cpu_usage,
     environment,
     gib,
     load_average,
@@ -48,7 +55,6 @@ from _measure import (
     repeat_timing,
     reset_peak_rss,
     run_worker,
-    cpu_usage,
     spread,
     synchronize,
     time_call,
