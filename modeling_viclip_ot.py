@@ -63,6 +63,13 @@ def multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, l
     return (weights * F.softplus(-signs * logits)).sum() / logits.shape[0]
 
 
+def contrastive_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None):
+    """The multi-positive CLIP loss, or SigLIP's when a `logit_bias` is given."""
+    if logit_bias is None:
+        return multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, logit_scale)
+    return multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias)
+
+
 def check_caption_image_index(caption_image_index, num_images, num_captions):
     """Raise a clear error unless every caption points at one of the batch's images."""
     if caption_image_index.shape != (num_captions,):
@@ -285,11 +292,10 @@ class ViCLIPOTModel(PreTrainedModel):
         if caption_image_index is None:
             caption_image_index = torch.arange(text_embeds.shape[0], device=text_embeds.device)
         check_caption_image_index(caption_image_index, image_embeds.shape[0], text_embeds.shape[0])
-        image_embeds, text_embeds = image_embeds.float(), text_embeds.float()
-        scale = self.logit_scale.float().exp()
-        if self.logit_bias is None:
-            return multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, scale)
-        return multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, scale, self.logit_bias.float())
+        bias = None if self.logit_bias is None else self.logit_bias.float()
+        return contrastive_loss(
+            image_embeds.float(), text_embeds.float(), caption_image_index, self.logit_scale.float().exp(), bias
+        )
 
     @torch.no_grad()
     def clamp_logit_scale(self):

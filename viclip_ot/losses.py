@@ -20,8 +20,7 @@ from torch import nn
 from modeling_viclip_ot import (
     caption_row_logits,
     check_caption_image_index,
-    multi_positive_clip_loss,
-    multi_positive_siglip_loss,
+    contrastive_loss,
 )
 
 LOSS_TYPES = ("clip", "siglip", "clip_sigrot", "siglip_sigrot", "sigrot", "clip_uot", "siglip_uot")
@@ -280,12 +279,7 @@ def uot_soft_target_loss(image_embeds, text_embeds, caption_image_index, logit_s
     return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / logits.shape[0]
 
 
-@_full_precision
-def _contrastive_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None):
-    """Multi-positive CLIP loss, or SigLIP's when `logit_bias` is given, in full precision."""
-    if logit_bias is None:
-        return multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, logit_scale)
-    return multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias)
+_contrastive_loss = _full_precision(contrastive_loss)  # multi-positive CLIP, or SigLIP with a bias
 
 
 # --------------------------------------------------------------------------------------------------------------
