@@ -45,11 +45,13 @@ class ViCLIPOTConfig(PretrainedConfig):
         vision_head (`str`): `"linear"` (Dropout -> Linear without bias), `"mlp"` (Linear -> GELU -> Dropout ->
             Linear) or `"none"` (the tower's width must equal `projection_dim`).
         vision_head_dropout (`float`): dropout before (linear) or inside (mlp) the image head.
+        vision_head_bias (`bool`): whether the image head's last Linear has a bias (the authors' `proj_bias`).
         image_size (`int`): side of the square crop the processor feeds the image tower.
         text_config (`dict` or `PretrainedConfig`): the full transformers config of the text backbone.
         text_pooling (`str`): `"mean"` (masked mean over non-padding tokens) or `"cls"` (first token).
         text_projection (`str`): `"auto"` (a linear map only when the width differs from `projection_dim`),
             `"linear"` or `"none"`.
+        text_projection_bias (`bool`): whether the text projection has a bias.
         projection_dim (`int`): dimension of the shared embedding space.
         logit_scale_init_value (`float`): initial log of the logit scale, ln(1/0.07) for CLIP.
         logit_bias_init_value (`float`, *optional*): initial logit bias. Setting it makes a SigLIP model (the
@@ -67,10 +69,12 @@ class ViCLIPOTConfig(PretrainedConfig):
         vision_pooling="avg",
         vision_head="linear",
         vision_head_dropout=0.1,
+        vision_head_bias=False,
         image_size=224,
         text_config=None,
         text_pooling="mean",
         text_projection="auto",
+        text_projection_bias=False,
         projection_dim=768,
         logit_scale_init_value=math.log(1 / 0.07),
         logit_bias_init_value=None,
@@ -90,6 +94,7 @@ class ViCLIPOTConfig(PretrainedConfig):
         self.vision_pooling = vision_pooling
         self.vision_head = vision_head
         self.vision_head_dropout = vision_head_dropout
+        self.vision_head_bias = vision_head_bias
         self.image_size = image_size
 
         if text_config is None:
@@ -102,6 +107,7 @@ class ViCLIPOTConfig(PretrainedConfig):
         self.text_config = text_config
         self.text_pooling = text_pooling
         self.text_projection = text_projection
+        self.text_projection_bias = text_projection_bias
 
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value

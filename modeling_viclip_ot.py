@@ -1,30 +1,28 @@
 """ViCLIP-OT: a timm image tower and a transformers text tower mapped to one L2-normalised embedding space."""
 
-import inspect
+import importlib
 import json
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import timm
-from timm.models import load_model_config_from_hf
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import PROCESSOR_NAME, ModelOutput
 
-try:
+if __package__:  # remote code: transformers loads the three files as one package
     from .configuration_viclip_ot import ViCLIPOTConfig
-    from .processing_viclip_ot import ViCLIPOTProcessor, read_sentence_transformers_settings
-except ImportError:  # imported as a top-level module (installed package) rather than as remote code
-    from configuration_viclip_ot import ViCLIPOTConfig
-    from processing_viclip_ot import ViCLIPOTProcessor, read_sentence_transformers_settings
+else:  # the installed top-level modules (imported by name so that remote code does not ask for them)
+    ViCLIPOTConfig = importlib.import_module("configuration_viclip_ot").ViCLIPOTConfig
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -111,49 +109,93 @@ class ViCLIPOTOutput(ModelOutput):
         )
 
 
-def build_image_head(kind, in_dim, out_dim, dropout):
-    """`linear`: Dropout -> Linear (no bias); `mlp`: Linear -> GELU -> Dropout -> Linear; `none`: identity."""
+def build_image_head(kind, in_dim, out_dim, dropout, bias=False):
+    """`linear`: Dropout -> Linear; `mlp`: Linear -> GELU -> Dropout -> Linear; `none`: identity. `bias` is the
+    last Linear's."""
     if kind == "none":
         if in_dim != out_dim:
             raise ValueError(f"vision_head='none' needs the image tower's width ({in_dim}) == projection_dim ({out_dim})")
         return nn.Identity()
     if kind == "linear":
-        layers = [("drop", nn.Dropout(dropout)), ("proj", nn.Linear(in_dim, out_dim, bias=False))]
+        layers = [("drop", nn.Dropout(dropout)), ("proj", nn.Linear(in_dim, out_dim, bias=bias))]
     else:
         hidden = 2 * out_dim
         layers = [
             ("fc", nn.Linear(in_dim, hidden)),
             ("act", nn.GELU()),
             ("drop", nn.Dropout(dropout)),
-            ("proj", nn.Linear(hidden, out_dim, bias=False)),
+            ("proj", nn.Linear(hidden, out_dim, bias=bias)),
         ]
     return nn.Sequential(OrderedDict(layers))
 
 
-def build_text_projection(kind, in_dim, out_dim):
-    """A bias-free linear map, or the identity (`auto` picks the identity when the widths already agree)."""
+def build_text_projection(kind, in_dim, out_dim, bias=False):
+    """A linear map, or the identity (`auto` picks the identity when the widths already agree)."""
     if kind == "none" or (kind == "auto" and in_dim == out_dim):
         if in_dim != out_dim:
             raise ValueError(f"text_projection='none' needs the text tower's width ({in_dim}) == projection_dim ({out_dim})")
         return nn.Identity()
-    return nn.Linear(in_dim, out_dim, bias=False)
+    return nn.Linear(in_dim, out_dim, bias=bias)
 
 
-def create_image_tower(config, **timm_kwargs):
-    """The timm image tower of `config`, headless, pooled as `config.vision_pooling`."""
+def create_image_tower(config):
+    """The timm image tower of `config` (random weights), headless, pooled as `config.vision_pooling`."""
     if not timm.is_model(config.vision_model_name):
         raise ValueError(
             f"unknown timm image tower {config.vision_model_name!r}; `timm.list_models()` lists the architectures"
         )
-    kwargs = {**config.vision_model_kwargs, **timm_kwargs}
-    return timm.create_model(config.vision_model_name, num_classes=0, global_pool=config.vision_pooling, **kwargs)
+    return timm.create_model(
+        config.vision_model_name, num_classes=0, global_pool=config.vision_pooling, **config.vision_model_kwargs
+    )
 
 
 def create_text_tower(text_config):
-    """The transformers text tower of `text_config`, without its (unused) pooler layer."""
-    model_class = AutoModel._model_mapping[type(text_config)]
-    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
-    return AutoModel.from_config(text_config, **kwargs)
+    """The transformers text tower of `text_config` (random weights), without its unused pooler layer."""
+    try:
+        return AutoModel.from_config(text_config, add_pooling_layer=False)
+    except TypeError:  # a model class without a pooler option (no public way to ask the class beforehand)
+        return AutoModel.from_config(text_config)
+
+
+def load_image_tower(source, pooling="avg", architecture=None, **timm_kwargs):
+    """A pretrained timm image tower loaded by timm from `source`, headless and pooled as `pooling`.
+
+    `source` is a timm name with its pretrained tag (`vit_base_patch16_dinov3.lvd1689m`), `hf-hub:<repo>`,
+    `local-dir:<folder>` or a folder in timm's Hub layout (`config.json` + weights; its `model_args` apply), or a
+    weights file for `architecture`. Any failure is one `ValueError` naming the source.
+    """
+    source = str(source)
+    if Path(source).is_file():
+        if not architecture:
+            raise ValueError(f"give vision_model_name=<timm architecture> for the weights file {source}")
+        name, timm_kwargs = architecture, {**timm_kwargs, "pretrained_cfg_overlay": {"file": source}}
+    elif Path(source).is_dir():
+        if not Path(source, "config.json").is_file():
+            raise ValueError(f"{source} is no timm model folder: {Path(source, 'config.json')} is missing")
+        name = f"local-dir:{source}"
+    elif source.startswith(("hf-hub:", "local-dir:")) or timm.is_model(source.split(".")[0]):
+        name = source
+    else:
+        raise ValueError(f"unknown timm image tower {source!r} (and no such file or folder)")
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0, global_pool=pooling, **timm_kwargs)
+    except (OSError, RuntimeError, ValueError, KeyError) as error:  # offline and uncached, other architecture, ...
+        raise ValueError(f"cannot load the image tower {source!r}: {type(error).__name__}: {error}") from error
+
+
+def load_text_tower(source):
+    """A pretrained transformers text tower without its pooler; a tower lacking weights is one `ValueError`."""
+    source = str(source)
+    try:
+        model, info = AutoModel.from_pretrained(source, add_pooling_layer=False, output_loading_info=True)
+    except TypeError:  # a model class without a pooler option
+        model, info = AutoModel.from_pretrained(source, output_loading_info=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load the text tower {source!r}: {error}") from error
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise ValueError(f"the text tower {source!r} lacks {len(missing)} weights, e.g. {missing[:3]}")
+    return model
 
 
 class ViCLIPOTModel(PreTrainedModel):
@@ -171,21 +213,23 @@ class ViCLIPOTModel(PreTrainedModel):
     _supports_sdpa = True
     accepts_loss_kwargs = False
 
-    def __init__(self, config: ViCLIPOTConfig):
+    def __init__(self, config: ViCLIPOTConfig, vision_model: nn.Module | None = None, text_model=None):
+        """`vision_model` (timm) and `text_model` (transformers) are pretrained towers to use as they are; without
+        them the towers are built from `config` with random weights."""
         super().__init__(config)
-        self.vision_model = create_image_tower(config)
+        self.vision_model = create_image_tower(config) if vision_model is None else vision_model
         vision_width = getattr(self.vision_model, "head_hidden_size", None) or self.vision_model.num_features
         self.vision_head = build_image_head(
-            config.vision_head, vision_width, config.projection_dim, config.vision_head_dropout
+            config.vision_head, vision_width, config.projection_dim, config.vision_head_dropout, config.vision_head_bias
         )
-        self.text_model = create_text_tower(config.text_config)
+        self.text_model = create_text_tower(config.text_config) if text_model is None else text_model
         self.text_projection = build_text_projection(
-            config.text_projection, config.text_config.hidden_size, config.projection_dim
+            config.text_projection, config.text_config.hidden_size, config.projection_dim, config.text_projection_bias
         )
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
         bias = config.logit_bias_init_value
         self.logit_bias = None if bias is None else nn.Parameter(torch.tensor(float(bias)))
-        self._processor = None
+        self.processor = None  # a ViCLIPOTProcessor: set by from_towers and from_pretrained, used by encode_*
         self.post_init()
 
     @torch.no_grad()
@@ -307,18 +351,23 @@ class ViCLIPOTModel(PreTrainedModel):
     # Encoding lists of images and texts
     # ----------------------------------------------------------------------------------------------------------
 
-    @property
-    def processor(self) -> ViCLIPOTProcessor:
-        """The processor saved with the model (loaded on first use), or the one set with `model.processor = p`."""
-        if self._processor is None:
-            if not self.name_or_path:
-                raise ValueError("this model has no processor yet: set `model.processor = ViCLIPOTProcessor(...)`")
-            self._processor = ViCLIPOTProcessor.from_pretrained(self.name_or_path, trust_remote_code=True)
-        return self._processor
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then the processor saved beside the weights (for `encode_image`,
+        `encode_text` and a complete `save_pretrained`)."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+        model.processor = load_saved_processor(pretrained_model_name_or_path, **hub_kwargs)
+        return loaded
 
-    @processor.setter
-    def processor(self, processor):
-        self._processor = processor
+    def _processor_or_error(self):
+        if self.processor is None:
+            raise ValueError(
+                "this model has no processor: load it with from_pretrained from a complete folder, build it with "
+                "from_towers, or set `model.processor = ViCLIPOTProcessor(...)`"
+            )
+        return self.processor
 
     @torch.no_grad()
     def encode_image(self, images, batch_size=32, show_progress_bar=None) -> torch.Tensor:
@@ -335,6 +384,7 @@ class ViCLIPOTModel(PreTrainedModel):
         return self._encode(list(texts), batch_size, show_progress_bar, "texts")
 
     def _encode(self, items, batch_size, show_progress_bar, kind):
+        processor = self._processor_or_error()
         was_training = self.training
         self.eval()
         chunks = []
@@ -342,10 +392,10 @@ class ViCLIPOTModel(PreTrainedModel):
         for start in tqdm(starts, desc=f"encoding {kind}", disable=not show_progress_bar, unit="batch"):
             batch = items[start : start + batch_size]
             if kind == "images":
-                inputs = self.processor(images=batch)
+                inputs = processor(images=batch)
                 embeds = self.get_image_features(inputs["pixel_values"].to(self.device)).pooler_output
             else:
-                embeds = self.get_text_features(**self.processor(text=batch).to(self.device)).pooler_output
+                embeds = self.get_text_features(**processor(text=batch).to(self.device)).pooler_output
             chunks.append(F.normalize(embeds.float(), dim=-1).cpu())
         self.train(was_training)
         dim = self.config.projection_dim
@@ -360,81 +410,64 @@ class ViCLIPOTModel(PreTrainedModel):
         """A new model whose towers hold pretrained weights; the heads are freshly initialised.
 
         Args:
-            vision_model_name_or_path: a timm name, optionally with its pretrained tag
-                (`vit_base_patch16_dinov3.lvd1689m`, downloaded from the Hub), `hf-hub:<repo>` (e.g.
-                `hf-hub:timm/convnext_base.dinov3_lvd1689m`), a local folder
-                in timm's Hub layout (`config.json` + weights), or a weights file (`.safetensors`, `.pth`, `.bin`)
-                for the architecture given as `vision_model_name=...`.
+            vision_model_name_or_path: what timm loads: a timm name with its pretrained tag
+                (`vit_base_patch16_dinov3.lvd1689m`), `hf-hub:<repo>` (e.g. `hf-hub:timm/convnext_base.dinov3_lvd1689m`),
+                a local folder in timm's Hub layout (`config.json` with its `model_args` + weights), or a weights file
+                (`.safetensors`, `.pth`, `.bin`) for the architecture given as `vision_model_name=...`.
             text_model_name_or_path: a transformers model name or folder (a sentence-transformers folder too: its
                 pooling mode and maximum sequence length are read).
             word_segmentation: segment Vietnamese words before tokenising (PhoBERT towers).
-            config_kwargs: any other [`ViCLIPOTConfig`] field.
+            config_kwargs: any other [`ViCLIPOTConfig`] field; `vision_model_kwargs` go to `timm.create_model`.
         """
-        vision_source = str(vision_model_name_or_path)
-        timm_name, timm_kwargs = vision_source, {"pretrained": True}  # what timm.create_model loads
-        if Path(vision_source).is_file():
-            if "vision_model_name" not in config_kwargs:
-                raise ValueError(f"give vision_model_name=<timm architecture> for the weights file {vision_source}")
-            timm_name = architecture = config_kwargs["vision_model_name"]
-            timm_kwargs["pretrained_cfg_overlay"] = {"file": vision_source}
-        elif Path(vision_source).is_dir():
-            timm_config = Path(vision_source, "config.json")
-            if not timm_config.is_file():
-                raise FileNotFoundError(f"{vision_source} is no timm model folder: {timm_config} is missing")
-            timm_name = architecture = json.loads(timm_config.read_text())["architecture"]
-            timm_kwargs["pretrained_cfg_overlay"] = {"hf_hub_id": None, "file": str(_find_weights(vision_source))}
-        elif vision_source.startswith("hf-hub:"):
-            architecture = load_model_config_from_hf(vision_source[len("hf-hub:"):])[1]
-        elif timm.is_model(vision_source):
-            architecture = vision_source.split(".")[0]  # without the pretrained tag
-        else:
-            raise ValueError(f"unknown timm image tower {vision_source!r} (and no such file or folder)")
-        config_kwargs.setdefault("vision_model_name", architecture)
-
-        text_source = str(text_model_name_or_path)
-        try:
-            text_config = AutoConfig.from_pretrained(text_source)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot load the text tower {text_source!r}: {error}") from error
-        sentence_transformers_settings = read_sentence_transformers_settings(text_source)
-        if "text_pooling" in sentence_transformers_settings:
-            config_kwargs.setdefault("text_pooling", sentence_transformers_settings["text_pooling"])
-
-        config = ViCLIPOTConfig(text_config=text_config.to_dict(), **config_kwargs)
-        model = cls(config)
-        pretrained_vision = timm.create_model(
-            timm_name, num_classes=0, global_pool=config.vision_pooling, **{**config.vision_model_kwargs, **timm_kwargs}
+        processing = _processing_module()
+        # The tokenizer first: a tower without one fails before any weights are read.
+        processor = processing.ViCLIPOTProcessor.from_text_tower(
+            text_model_name_or_path, crop_size=config_kwargs.get("image_size", 224), word_segmentation=word_segmentation
         )
-        model.vision_model.load_state_dict(pretrained_vision.state_dict())
-        pretrained_text = AutoModel.from_pretrained(text_source)
-        model.text_model.load_state_dict(pretrained_text.state_dict(), strict=False)
-        _check_loaded(model.text_model, pretrained_text, text_source)
+        settings = processing.read_sentence_transformers_settings(str(text_model_name_or_path))
+        if "text_pooling" in settings:
+            config_kwargs.setdefault("text_pooling", settings["text_pooling"])
 
-        model.processor = ViCLIPOTProcessor.from_text_tower(
-            text_source, crop_size=config.image_size, word_segmentation=word_segmentation
+        extra_timm_kwargs = dict(config_kwargs.pop("vision_model_kwargs", None) or {})
+        vision_model = load_image_tower(
+            vision_model_name_or_path, config_kwargs.get("vision_pooling", "avg"),
+            config_kwargs.get("vision_model_name"), **extra_timm_kwargs,
         )
+        text_model = load_text_tower(text_model_name_or_path)
+        config = ViCLIPOTConfig(
+            # the tower's saved model_args (a resized or fine-tuned export) and the caller's, so the config rebuilds it
+            vision_model_kwargs={**vision_model.pretrained_model_args, **extra_timm_kwargs},
+            text_config=text_model.config.to_dict(),
+            **{"vision_model_name": vision_model.pretrained_cfg["architecture"], **config_kwargs},
+        )
+        model = cls(config, vision_model=vision_model, text_model=text_model)
+        model.processor = processor
         return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save weights (safetensors), config, code, the processor and the sentence-transformers files."""
+        """Save weights (safetensors), config, code, the processor and the sentence-transformers files: a folder that
+        loads on its own in `AutoModel`, `AutoProcessor` and `SentenceTransformer`."""
+        processor = self._processor_or_error()
         super().save_pretrained(save_directory, *args, **kwargs)
-        if self._processor is not None:
-            self._processor.save_pretrained(save_directory)
+        processor.save_pretrained(save_directory)
         write_sentence_transformers_files(save_directory)
 
 
-def _find_weights(folder):
-    for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-        if Path(folder, name).is_file():
-            return Path(folder, name)
-    raise FileNotFoundError(f"no weights file (model.safetensors or pytorch_model.bin) in {folder}")
+def _processing_module():
+    """`processing_viclip_ot`, imported when needed: loading the weights needs no image or text processing."""
+    if __package__:
+        from .processing_viclip_ot import ViCLIPOTProcessor  # noqa: F401  (also makes transformers copy the file)
+
+        return sys.modules[f"{__package__}.processing_viclip_ot"]
+    return importlib.import_module("processing_viclip_ot")
 
 
-def _check_loaded(tower, pretrained, source):
-    """Every parameter of `tower` must have come from the pretrained text model (its pooler may be left out)."""
-    missing = set(tower.state_dict()) - set(pretrained.state_dict())
-    if missing:
-        raise ValueError(f"the text tower {source!r} lacks {len(missing)} weights, e.g. {sorted(missing)[:3]}")
+def load_saved_processor(name_or_path, **hub_kwargs):
+    """The `ViCLIPOTProcessor` saved with a model (folder or Hub repo), or None for a folder that has none."""
+    if Path(name_or_path).is_dir() and not Path(name_or_path, PROCESSOR_NAME).is_file():
+        return None
+    # The processor comes with the code already trusted to build this model.
+    return _processing_module().ViCLIPOTProcessor.from_pretrained(name_or_path, trust_remote_code=True, **hub_kwargs)
 
 
 def write_sentence_transformers_files(save_directory):

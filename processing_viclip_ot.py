@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torchvision import transforms
-from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -133,13 +133,32 @@ class ViCLIPOTProcessor(ProcessorMixin):
 
     @classmethod
     def from_text_tower(cls, text_model_name_or_path, crop_size=224, word_segmentation=False):
-        """A processor for a new model: the tokenizer of a transformers text tower (with the maximum length of a
-        sentence-transformers folder, if it is one) and the eval transform."""
-        tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
-        max_length = read_sentence_transformers_settings(text_model_name_or_path).get("max_seq_length")
-        if max_length:
-            tokenizer.model_max_length = max_length
+        """A processor for a new model: the tokenizer of a transformers text tower and the eval transform.
+
+        Texts are truncated at the smallest of the tokenizer's maximum length, the `max_seq_length` of a
+        sentence-transformers folder and the number of positions the tower has. A tower whose tokenizer or config
+        cannot be loaded is one `ValueError` naming it.
+        """
+        source = str(text_model_name_or_path)
+        try:
+            config = AutoConfig.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError, TypeError, AttributeError) as error:  # AttributeError: a vocabulary file is None
+            raise ValueError(f"cannot load the text tower {source!r}: no usable tokenizer or config ({error})") from error
+        limits = [tokenizer.model_max_length, position_limit(config)]
+        limits.append(read_sentence_transformers_settings(source).get("max_seq_length"))
+        tokenizer.model_max_length = min(limit for limit in limits if limit)
         return cls(ViCLIPOTImageProcessor(crop_size=crop_size), tokenizer, word_segmentation=word_segmentation)
+
+
+def position_limit(text_config):
+    """How many tokens the text tower can take: its position embeddings, less the padding offset of RoBERTa-style
+    models (their positions start at `pad_token_id + 1`); None when the config has no such limit."""
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if positions is None:
+        return None
+    roberta_style = "roberta" in text_config.model_type or text_config.model_type == "camembert"
+    return positions - (text_config.pad_token_id + 1) if roberta_style else positions
 
 
 ViCLIPOTImageProcessor.register_for_auto_class("AutoImageProcessor")
