@@ -109,6 +109,10 @@ class ViCLIPOTOutput(ModelOutput):
         )
 
 
+# timm arguments the model sets itself (a headless tower pooled as the config says).
+TIMM_HEAD_ARGS = ("num_classes", "global_pool")
+
+
 def build_image_head(kind, in_dim, out_dim, dropout, bias=False):
     """`linear`: Dropout -> Linear; `mlp`: Linear -> GELU -> Dropout -> Linear; `none`: identity. `bias` is the
     last Linear's."""
@@ -139,14 +143,15 @@ def build_text_projection(kind, in_dim, out_dim, bias=False):
 
 
 def create_image_tower(config):
-    """The timm image tower of `config` (random weights), headless, pooled as `config.vision_pooling`."""
+    """The timm image tower of `config` (random weights), headless, pooled as `config.vision_pooling` (set after
+    creation, as `load_image_tower` does, so that both have the same layout)."""
     if not timm.is_model(config.vision_model_name):
         raise ValueError(
             f"unknown timm image tower {config.vision_model_name!r}; `timm.list_models()` lists the architectures"
         )
-    return timm.create_model(
-        config.vision_model_name, num_classes=0, global_pool=config.vision_pooling, **config.vision_model_kwargs
-    )
+    tower = timm.create_model(config.vision_model_name, num_classes=0, **config.vision_model_kwargs)
+    tower.reset_classifier(0, global_pool=config.vision_pooling)
+    return tower
 
 
 def create_text_tower(text_config):
@@ -178,9 +183,13 @@ def load_image_tower(source, pooling="avg", architecture=None, **timm_kwargs):
     else:
         raise ValueError(f"unknown timm image tower {source!r} (and no such file or folder)")
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0, global_pool=pooling, **timm_kwargs)
+        tower = timm.create_model(name, pretrained=True, num_classes=0, **timm_kwargs)
     except (OSError, RuntimeError, ValueError, KeyError) as error:  # offline and uncached, other architecture, ...
         raise ValueError(f"cannot load the image tower {source!r}: {type(error).__name__}: {error}") from error
+    # Pooling is set after loading, as open_clip does: created with another pooling, some towers (ViT) would
+    # swap their final norm for an unloaded one.
+    tower.reset_classifier(0, global_pool=pooling)
+    return tower
 
 
 def load_text_tower(source):
@@ -434,9 +443,10 @@ class ViCLIPOTModel(PreTrainedModel):
             config_kwargs.get("vision_model_name"), **extra_timm_kwargs,
         )
         text_model = load_text_tower(text_model_name_or_path)
+        # The tower's saved model_args (a resized or fine-tuned export) and the caller's, so the config rebuilds it.
+        model_args = {k: v for k, v in vision_model.pretrained_model_args.items() if k not in TIMM_HEAD_ARGS}
         config = ViCLIPOTConfig(
-            # the tower's saved model_args (a resized or fine-tuned export) and the caller's, so the config rebuilds it
-            vision_model_kwargs={**vision_model.pretrained_model_args, **extra_timm_kwargs},
+            vision_model_kwargs={**model_args, **extra_timm_kwargs},
             text_config=text_model.config.to_dict(),
             **{"vision_model_name": vision_model.pretrained_cfg["architecture"], **config_kwargs},
         )

@@ -2,6 +2,8 @@
 
 import os
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported: it reads this once
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,6 @@ from modeling_viclip_ot import ViCLIPOTModel
 from processing_viclip_ot import ViCLIPOTProcessor
 from viclip_ot.towers import save_small_text_tower, small_config
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
 
 VIETNAMESE_TEXTS = [

@@ -16,7 +16,6 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from modeling_viclip_ot import ViCLIPOTModel
-from viclip_ot.convert import KEY_PREFIXES, load_authors_checkpoint
 from processing_viclip_ot import ViCLIPOTProcessor
 from viclip_ot.towers import small_config, small_image_tower_kwargs
 
@@ -210,34 +209,6 @@ def test_bad_caption_image_index_is_a_clear_error(make_model, photos):
     inputs = model.processor(text=CAPTIONS, images=photos[:2])
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         model(**inputs, caption_image_index=torch.tensor([0, 1, 2]), return_loss=True)
-
-
-def test_authors_checkpoint_converter(make_model, photos, tmp_path):
-    model = make_model(logit_bias_init_value=-9.0, projection_dim=32)  # the authors have no text projection
-    ours_to_theirs = {ours: theirs for theirs, ours in KEY_PREFIXES.items()}
-    authors = {}
-    for key, value in model.state_dict().items():
-        prefix = next(p for p in ours_to_theirs if key.startswith(p))
-        authors[ours_to_theirs[prefix] + key[len(prefix):]] = value
-    authors["text_encoder.encoder.pooler.dense.weight"] = torch.zeros(2, 2)  # the unused pooler is dropped
-    torch.save({"model_state_dict": authors, "epoch": 3}, tmp_path / "ckpt.pth")
-
-    config = model.config.__class__.from_dict(model.config.to_dict())
-    config.logit_bias_init_value = None  # read back from the checkpoint's logit_bias
-    converted = load_authors_checkpoint(tmp_path / "ckpt.pth", config).eval()
-    converted.processor = model.processor
-    assert converted.config.logit_bias_init_value == pytest.approx(-9.0)
-    torch.testing.assert_close(converted.encode_image(photos), model.encode_image(photos), atol=0, rtol=0)
-    torch.testing.assert_close(converted.encode_text(CAPTIONS), model.encode_text(CAPTIONS), atol=0, rtol=0)
-
-    authors["image_encoder.extra.weight"] = torch.zeros(1)
-    torch.save({"model_state_dict": authors}, tmp_path / "bad.pth")
-    with pytest.raises(KeyError, match="image_encoder.extra.weight"):
-        load_authors_checkpoint(tmp_path / "bad.pth", config)
-    del authors["image_encoder.extra.weight"], authors["image_encoder.head.proj.weight"]
-    torch.save({"model_state_dict": authors}, tmp_path / "missing.pth")
-    with pytest.raises(KeyError, match="vision_head.proj.weight"):
-        load_authors_checkpoint(tmp_path / "missing.pth", config)
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "P", "L", "CMYK"])

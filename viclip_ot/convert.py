@@ -1,87 +1,180 @@
-"""Convert the authors' training checkpoints (`.pth` with `model_state_dict`) into a saved ViCLIP-OT folder.
+"""Convert the authors' models into a saved ViCLIP-OT folder.
 
-    python -m viclip_ot.convert checkpoint.pth outputs/viclip-ot --text-tower keepitreal/vietnamese-sbert
+    python -m viclip_ot.convert minhnguyent546/ViCLIP-OT outputs/viclip-ot
+    python -m viclip_ot.convert viclip_ot_best.pth outputs/viclip-ot --text-tower keepitreal/vietnamese-sbert
 
-The text tower (a Hub id or a local folder) provides the tokenizer and the text config; the image tower is
-`vit_base_patch16_dinov3` unless `--vision-model` says otherwise.
+SOURCE is one of the authors' released models (a Hub id or a folder with their `config.json` and
+`model.safetensors`) or a training checkpoint of their code (`.pth` with `model_state_dict`). The text tower's
+architecture and tokenizer come from the tower their config names, or from `--text-tower`; the image tower's from
+their config, or from `--vision-model` for a `.pth`. Heads, biases and the projection size are read from the weights.
 """
 
 import argparse
+import json
+import math
+from pathlib import Path
 
+import timm
 import torch
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
 from transformers import AutoConfig
 
 from configuration_viclip_ot import ViCLIPOTConfig
-from modeling_viclip_ot import ViCLIPOTModel
-from processing_viclip_ot import ViCLIPOTImageProcessor, ViCLIPOTProcessor
+from modeling_viclip_ot import TIMM_HEAD_ARGS, ViCLIPOTModel
+from processing_viclip_ot import ViCLIPOTProcessor
 
-# The authors' key prefixes and ours.
+# A training checkpoint names the towers `image_encoder` / `text_encoder`, a release `vision_model` / `text_model`.
+CHECKPOINT_PREFIXES = {"image_encoder.": "vision_model.", "text_encoder.": "text_model."}
+# The release's key prefixes and ours, first match wins.
 KEY_PREFIXES = {
-    "image_encoder.trunk.": "vision_model.",
-    "image_encoder.head.proj.": "vision_head.proj.",
-    "text_encoder.encoder.": "text_model.",
+    "vision_model.trunk.": "vision_model.",
+    "vision_model.head.proj.": "vision_head.proj.",
+    "vision_model.head.mlp.fc1.": "vision_head.fc.",
+    "vision_model.head.mlp.fc2.": "vision_head.proj.",
+    "text_model.encoder.": "text_model.",
+    "text_model.fc.": "text_projection.",
     "logit_scale": "logit_scale",
     "logit_bias": "logit_bias",
 }
-# Keys the authors saved that this model has no use for: the text tower's unused pooler and old buffers.
-DROPPED_KEYS = ("text_encoder.encoder.pooler.", "text_encoder.encoder.embeddings.position_ids")
+# Keys the authors saved that this model has no use for: the text tower's pooler and an old buffer.
+DROPPED_PREFIXES = ("text_model.encoder.pooler.", "text_model.encoder.embeddings.position_ids")
 
 
 def rename_authors_state_dict(state_dict):
-    """The authors' state dict with this model's key names; keys of no known part are an error."""
+    """The authors' weights (release or training checkpoint) under this model's key names; keys of no known part
+    are an error."""
     renamed, unknown = {}, []
     for key, value in state_dict.items():
-        if key.startswith(DROPPED_KEYS):
+        for theirs, release in CHECKPOINT_PREFIXES.items():
+            if key.startswith(theirs):
+                key = release + key.removeprefix(theirs)
+        if key.startswith(DROPPED_PREFIXES):
             continue
         prefix = next((p for p in KEY_PREFIXES if key.startswith(p)), None)
         if prefix is None:
             unknown.append(key)
         else:
-            renamed[KEY_PREFIXES[prefix] + key[len(prefix) :]] = value
+            renamed[KEY_PREFIXES[prefix] + key.removeprefix(prefix)] = value
     if unknown:
-        raise KeyError(f"{len(unknown)} checkpoint keys belong to no known part, e.g. {unknown[:5]}")
+        raise KeyError(f"{len(unknown)} weights belong to no known part, e.g. {unknown[:5]}")
     return renamed
 
 
-def load_authors_checkpoint(checkpoint_path, config):
-    """A [`ViCLIPOTModel`] of `config` holding the weights of an authors' checkpoint file."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+def config_from_weights(state_dict, **config_kwargs):
+    """The head layout, biases, projection size and logit scale/bias that `state_dict` (our key names) holds."""
+    if "vision_head.fc.weight" in state_dict:
+        head = "mlp"
+    elif "vision_head.proj.weight" in state_dict:
+        head = "linear"
+    else:
+        head = "none"
+    settings = {
+        "vision_head": head,
+        "vision_head_bias": "vision_head.proj.bias" in state_dict,
+        "text_projection": "linear" if "text_projection.weight" in state_dict else "none",
+        "text_projection_bias": "text_projection.bias" in state_dict,
+        "logit_scale_init_value": float(state_dict["logit_scale"]) if "logit_scale" in state_dict else math.log(1 / 0.07),
+        "logit_bias_init_value": float(state_dict["logit_bias"]) if "logit_bias" in state_dict else None,
+    }
+    for key in ("vision_head.proj.weight", "text_projection.weight"):
+        if key in state_dict:
+            settings["projection_dim"] = state_dict[key].shape[0]
+    return {**settings, **config_kwargs}
+
+
+def image_tower_settings(name):
+    """(architecture, model_args) of the timm tower a release names: a Hub id such as
+    `timm/vit_base_patch16_dinov3.lvd1689m`, a folder in timm's Hub layout, or a timm name."""
+    if Path(name).is_dir():
+        source = f"local-dir:{name}"
+    elif timm.is_model(name.split("/")[-1].split(".")[0]) and name.startswith(("timm/", "hf-hub:timm/")):
+        return name.split("/")[-1].split(".")[0], {}  # timm's own repos: the registry architecture, no extra args
+    elif "/" in name:
+        source = name if name.startswith("hf-hub:") else f"hf-hub:{name}"
+    else:
+        return name.split(".")[0], {}
+    tower = timm.create_model(source, pretrained=False)
+    model_args = {k: v for k, v in tower.pretrained_model_args.items() if k not in TIMM_HEAD_ARGS}
+    return tower.pretrained_cfg["architecture"], model_args
+
+
+def read_release(source):
+    """(config, state_dict) of a released model: a folder or a Hub id."""
+    folder = Path(source)
+    config_file = folder / "config.json" if folder.is_dir() else Path(hf_hub_download(str(source), "config.json"))
+    weights = folder / "model.safetensors" if folder.is_dir() else Path(hf_hub_download(str(source), "model.safetensors"))
+    for path in (config_file, weights):
+        if not path.is_file():
+            raise FileNotFoundError(f"{source} is no release of the authors: {path.name} is missing")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if "vision_config" not in config or "text_config" not in config:
+        raise ValueError(f"{config_file} is not the authors' config (no vision_config / text_config)")
+    return config, load_file(weights)
+
+
+def read_checkpoint(path):
+    """The `model_state_dict` of a training checkpoint, read with `weights_only=True`."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
-        raise KeyError(f"{checkpoint_path} is no authors' training checkpoint: it has no 'model_state_dict'")
-    state_dict = rename_authors_state_dict(checkpoint["model_state_dict"])
-    if "logit_bias" in state_dict and config.logit_bias_init_value is None:
-        config.logit_bias_init_value = float(state_dict["logit_bias"])  # a SigLIP checkpoint
+        raise KeyError(f"{path} is no authors' training checkpoint: it has no 'model_state_dict'")
+    return checkpoint["model_state_dict"]
+
+
+def load_authors_model(source, text_tower=None, vision_model=None):
+    """A [`ViCLIPOTModel`] with its processor holding the weights of an authors' release or `.pth`."""
+    source = str(source)
+    config_kwargs = {}
+    if source.endswith((".pth", ".pt")):
+        state_dict = read_checkpoint(source)
+        text_tower = text_tower or "keepitreal/vietnamese-sbert"
+        vision_model = vision_model or "vit_base_patch16_dinov3"
+    else:
+        release, state_dict = read_release(source)
+        text_tower = text_tower or release["text_config"]["model_name"]
+        vision = release["vision_config"]
+        vision_model = vision_model or vision["model_name"]
+        config_kwargs = {"vision_pooling": vision.get("pool", "avg"), "vision_head_dropout": vision.get("proj_dropout_rate", 0.0)}
+    state_dict = rename_authors_state_dict(state_dict)
+    architecture, model_args = image_tower_settings(vision_model)
+    processor = ViCLIPOTProcessor.from_text_tower(text_tower)
+    config = ViCLIPOTConfig(
+        vision_model_name=architecture,
+        vision_model_kwargs=model_args,
+        text_config=AutoConfig.from_pretrained(text_tower).to_dict(),
+        text_pooling="mean",
+        **config_from_weights(state_dict, **config_kwargs),
+    )
     model = ViCLIPOTModel(config)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
     if missing or unexpected:
         raise KeyError(
-            f"{checkpoint_path} does not fit the model: {len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}"
+            f"{source} does not fit the model: {len(missing)} missing weights {missing[:5]}, "
+            f"{len(unexpected)} unexpected weights {unexpected[:5]}"
         )
     model.load_state_dict(state_dict)
-    return model
-
-
-def convert(checkpoint_path, output_dir, text_tower, vision_model="vit_base_patch16_dinov3", **config_kwargs):
-    """Write a loadable folder (weights, config, code, processor) for an authors' checkpoint."""
-    text_config = AutoConfig.from_pretrained(text_tower)
-    config = ViCLIPOTConfig(vision_model_name=vision_model, text_config=text_config.to_dict(), **config_kwargs)
-    model = load_authors_checkpoint(checkpoint_path, config)
-    processor = ViCLIPOTProcessor.from_text_tower(text_tower, crop_size=config.image_size)
     model.processor = processor
+    return model.eval()
+
+
+def convert(source, output_dir, text_tower=None, vision_model=None):
+    """Write a loadable folder (weights, config, code, processor, sentence-transformers files)."""
+    model = load_authors_model(source, text_tower, vision_model)
     model.save_pretrained(output_dir)
     return model
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="the authors' .pth file")
+    parser.add_argument("source", help="the authors' release (Hub id or folder) or training checkpoint (.pth)")
     parser.add_argument("output_dir")
-    parser.add_argument("--text-tower", default="keepitreal/vietnamese-sbert", help="Hub id or folder")
-    parser.add_argument("--vision-model", default="vit_base_patch16_dinov3", help="timm architecture")
+    parser.add_argument("--text-tower", help="Hub id or folder (default: the one the release names; "
+                        "keepitreal/vietnamese-sbert for a .pth)")
+    parser.add_argument("--vision-model", help="timm architecture, timm Hub id or folder (default: the release's; "
+                        "vit_base_patch16_dinov3 for a .pth)")
     args = parser.parse_args(argv)
-    convert(args.checkpoint, args.output_dir, args.text_tower, args.vision_model)
+    convert(args.source, args.output_dir, args.text_tower, args.vision_model)
     print(f"saved {args.output_dir}")
 
 

@@ -1,0 +1,183 @@
+"""Offline replicas of the real model repositories this project reads: the same file names, formats and config
+fields as on the Hub, with tiny sizes and random weights. Nothing is downloaded.
+
+* `vietnamese_sbert`: `keepitreal/vietnamese-sbert` (sentence-transformers files, a RoBERTa config with vocabulary
+  64001 and 258 positions, an old-style `pytorch_model.bin`, PhoBERT's `vocab.txt` + `bpe.codes`,
+  `tokenizer_class` `PhobertTokenizer`).
+* `timm_hub_folder`: a timm Hub repository (`config.json` with `architecture`, `pretrained_cfg` and, for a resized
+  export, `model_args`; `model.safetensors`), written by timm's own `save_for_hf`.
+* `authors_release` / `authors_checkpoint`: the authors' released format (`minhnguyent546/ViCLIP-OT`) and their
+  training `.pth`.
+"""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models import save_for_hf
+from transformers import AutoModel, RobertaConfig, RobertaModel
+
+PHOBERT_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0-3; PhobertTokenizer adds <mask> after the vocabulary
+
+
+def learn_bpe(words, merges=60):
+    """fastBPE-style merges (`a b count` lines) learned from `words`, and the vocabulary they produce (`@@` marks a
+    piece that continues the word, as in PhoBERT's vocab.txt)."""
+    counts = Counter(words)
+    segmented = {word: [*word[:-1], word[-1] + "</w>"] for word in counts}
+    codes = []
+    for _ in range(merges):
+        pairs = Counter()
+        for word, symbols in segmented.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += counts[word]
+        if not pairs:
+            break
+        (a, b), count = max(pairs.items(), key=lambda item: (item[1], item[0]))
+        codes.append(f"{a} {b} {count}")
+        for word, symbols in segmented.items():
+            merged, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == (a, b):
+                    merged.append(a + b)
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            segmented[word] = merged
+    pieces = Counter()
+    for word, symbols in segmented.items():
+        for symbol in symbols:
+            pieces[symbol[:-4] if symbol.endswith("</w>") else symbol + "@@"] += counts[word]
+    for char in {c for word in counts for c in word}:  # every character, so that no input is unknown
+        pieces.setdefault(char, 1)
+        pieces.setdefault(char + "@@", 1)
+    return codes, pieces
+
+
+def vietnamese_sbert(folder, texts, *, hidden_size=32, layers=2, heads=2, max_seq_length=256, seed=0,
+                     sentence_transformers_files=True, tokenizer_files=True, model_max_length=256):
+    """`keepitreal/vietnamese-sbert` in miniature: same files and config fields, random weights.
+
+    `sentence_transformers_files=False` leaves out the sentence-transformers files (a plain PhoBERT folder);
+    `model_max_length=None` leaves the tokenizer without a maximum length; `tokenizer_files=False` leaves out
+    `vocab.txt` and `bpe.codes`.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    codes, pieces = learn_bpe([word for text in texts for word in text.split()])
+    if tokenizer_files:
+        (folder / "bpe.codes").write_text("".join(f"{line}\n" for line in codes), encoding="utf-8")
+        (folder / "vocab.txt").write_text(
+            "".join(f"{piece} {count}\n" for piece, count in sorted(pieces.items(), key=lambda p: (-p[1], p[0]))),
+            encoding="utf-8",
+        )
+    config = RobertaConfig(
+        vocab_size=64001, hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=2 * hidden_size, max_position_embeddings=258, type_vocab_size=1, layer_norm_eps=1e-5,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, tokenizer_class="PhobertTokenizer",
+        architectures=["RobertaModel"],
+    )
+    torch.manual_seed(seed)
+    model = RobertaModel(config)
+    config.save_pretrained(folder)
+    state_dict = {key: value.contiguous() for key, value in model.state_dict().items()}
+    state_dict["embeddings.position_ids"] = torch.arange(258).unsqueeze(0)  # the buffer old checkpoints saved
+    torch.save(state_dict, folder / "pytorch_model.bin")  # the old format, no safetensors
+    special = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>",
+               "pad_token": "<pad>", "mask_token": "<mask>"}
+    tokenizer_config = {**special, "tokenizer_class": "PhobertTokenizer"}
+    if model_max_length:
+        tokenizer_config["model_max_length"] = model_max_length
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    (folder / "added_tokens.json").write_text(json.dumps({"<mask>": 64000}))
+    if sentence_transformers_files:
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+        (folder / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
+        )
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+            "word_embedding_dimension": hidden_size, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+        }))
+        (folder / "config_sentence_transformers.json").write_text(
+            json.dumps({"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.7.0", "pytorch": "1.9.0"}})
+        )
+    return folder
+
+
+def timm_hub_folder(folder, architecture, model_args=None, seed=0):
+    """A timm Hub repository written by timm's `save_for_hf`: `config.json` (with `model_args` when given, as a
+    resized or fine-tuned export has) and `model.safetensors`. Returns (folder, the model)."""
+    torch.manual_seed(seed)
+    model = timm.create_model(architecture, **(model_args or {}))
+    save_for_hf(model, str(folder), model_args=model_args, safe_serialization=True)
+    config = json.loads(Path(folder, "config.json").read_text())
+    if not model_args:
+        config.pop("model_args", None)  # the official repos record none
+        Path(folder, "config.json").write_text(json.dumps(config, indent=2))
+    return Path(folder), model
+
+
+def authors_release(folder, text_tower, vision_tower, *, embed_dim=16, vision_proj="linear", text_proj="linear",
+                    proj_bias=False, logit_bias=None, seed=0):
+    """The authors' released format: their `config.json` schema and `model.safetensors` key names, built from the
+    towers given (their `model_name`s are the paths). Returns (folder, state_dict)."""
+    torch.manual_seed(seed)
+    trunk = timm.create_model(f"local-dir:{vision_tower}", pretrained=True, num_classes=0)
+    trunk.reset_classifier(0, global_pool="avg")
+    encoder = AutoModel.from_pretrained(text_tower)  # with its pooler, as the authors saved it
+    width, text_width = trunk.num_features, encoder.config.hidden_size
+    state_dict = {f"vision_model.trunk.{k}": v for k, v in trunk.state_dict().items()}
+    state_dict.update({f"text_model.encoder.{k}": v for k, v in encoder.state_dict().items()})
+    if vision_proj == "linear":
+        state_dict["vision_model.head.proj.weight"] = torch.randn(embed_dim, width) / width**0.5
+        if proj_bias:
+            state_dict["vision_model.head.proj.bias"] = torch.randn(embed_dim) * 0.1
+    else:  # open_clip's Mlp(width, 2 * embed_dim, embed_dim): fc1 with bias, GELU, fc2
+        state_dict["vision_model.head.mlp.fc1.weight"] = torch.randn(2 * embed_dim, width) / width**0.5
+        state_dict["vision_model.head.mlp.fc1.bias"] = torch.randn(2 * embed_dim) * 0.1
+        state_dict["vision_model.head.mlp.fc2.weight"] = torch.randn(embed_dim, 2 * embed_dim) / (2 * embed_dim) ** 0.5
+        if proj_bias:
+            state_dict["vision_model.head.mlp.fc2.bias"] = torch.randn(embed_dim) * 0.1
+    if text_proj == "linear":
+        state_dict["text_model.fc.weight"] = torch.randn(embed_dim, text_width) / text_width**0.5
+        if proj_bias:
+            state_dict["text_model.fc.bias"] = torch.randn(embed_dim) * 0.1
+    state_dict["logit_scale"] = torch.tensor(2.6592)
+    if logit_bias is not None:
+        state_dict["logit_bias"] = torch.tensor(float(logit_bias))
+    config = {
+        "model_type": "viclip_ot",
+        "text_config": {"model_name": str(text_tower), "proj": text_proj, "proj_bias": proj_bias},
+        "vision_config": {"model_name": str(vision_tower), "pool": "avg", "proj": vision_proj, "proj_bias": proj_bias,
+                          "proj_dropout_rate": 0.1},
+        "embed_dim": embed_dim,
+        "initial_temperature": 0.07,
+        "logit_bias": logit_bias,
+    }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, folder / "model.safetensors")
+    return folder, state_dict
+
+
+def authors_checkpoint(path, release_state_dict, epoch=3):
+    """The authors' training checkpoint (`.pth`): `model_state_dict` with `image_encoder.` / `text_encoder.` keys."""
+    renames = {"vision_model.": "image_encoder.", "text_model.": "text_encoder."}
+    state_dict = {}
+    for key, value in release_state_dict.items():
+        prefix = next((p for p in renames if key.startswith(p)), "")
+        state_dict[renames.get(prefix, "") + key.removeprefix(prefix)] = value
+    torch.save({"model_state_dict": state_dict, "epoch": epoch}, path)
+    return Path(path)

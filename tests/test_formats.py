@@ -1,0 +1,233 @@
+"""Every real model format this project reads, on offline replicas (tests/replicas.py): the towers `from_towers`
+takes, re-saving a loaded model, and the authors' released models and checkpoints."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, AutoProcessor, AutoTokenizer
+
+from conftest import VIETNAMESE_TEXTS
+from modeling_viclip_ot import ViCLIPOTModel
+from replicas import authors_checkpoint, authors_release, timm_hub_folder, vietnamese_sbert
+from viclip_ot.convert import load_authors_model
+
+CAPTIONS = VIETNAMESE_TEXTS[:4]
+DINOV3_SMALL = {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32}
+TOWERS = {  # folder name: (architecture, model_args of the export)
+    "dinov3-resized": ("vit_small_patch16_dinov3", DINOV3_SMALL),
+    "convnext-official": ("test_convnext", None),
+    "convnext-resized": ("convnext_atto", {"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]}),
+}
+
+
+@pytest.fixture(scope="module")
+def sbert_dir(tmp_path_factory):
+    return vietnamese_sbert(tmp_path_factory.mktemp("vietnamese-sbert"), VIETNAMESE_TEXTS * 3)
+
+
+@pytest.fixture(scope="module")
+def tower_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("timm")
+    return {name: timm_hub_folder(root / name, arch, args) for name, (arch, args) in TOWERS.items()}
+
+
+def images(size=32, count=3, seed=0):
+    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 4 - 2
+
+
+def sbert_reference(sbert_dir, texts):
+    """The sentence-transformers model's own normalised embeddings."""
+    return torch.from_numpy(SentenceTransformer(str(sbert_dir), device="cpu").encode(texts, normalize_embeddings=True))
+
+
+# ---------------------------------------------------------------- from_towers on the real layouts
+
+
+@pytest.mark.parametrize("tower", list(TOWERS))
+def test_from_towers_reads_timm_folders_with_their_model_args(tower, tower_dirs, sbert_dir, tmp_path):
+    folder, reference = tower_dirs[tower]
+    model = ViCLIPOTModel.from_towers(folder, sbert_dir, image_size=32, projection_dim=32, vision_head="none"
+                                      if reference.num_features == 32 else "linear").eval()
+    assert model.config.vision_model_name == TOWERS[tower][0]
+    pixels = images()
+    reference = copy.deepcopy(reference).eval()
+    reference.reset_classifier(0, global_pool="avg")
+    with torch.no_grad():
+        expected = reference.forward_head(reference.forward_features(pixels), pre_logits=True)
+        pooled = model.vision_model.forward_head(model.vision_model.forward_features(pixels), pre_logits=True)
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=0)
+    torch.testing.assert_close(model.encode_text(CAPTIONS), sbert_reference(sbert_dir, CAPTIONS), atol=1e-5, rtol=0)
+    assert model.vision_model is not None and sum(1 for _ in model.modules() if _ is model.vision_model) == 1
+
+    model.save_pretrained(tmp_path / "saved")
+    loaded = ViCLIPOTModel.from_pretrained(tmp_path / "saved").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.get_image_features(pixels).pooler_output,
+                                   model.get_image_features(pixels).pooler_output, rtol=0, atol=0)
+
+
+def test_from_towers_accepts_the_local_dir_and_weights_file_sources(tower_dirs, sbert_dir):
+    folder, reference = tower_dirs["dinov3-resized"]
+    for source, extra in ((f"local-dir:{folder}", {}),
+                          (folder / "model.safetensors", {"vision_model_name": "vit_small_patch16_dinov3",
+                                                          "vision_model_kwargs": DINOV3_SMALL})):
+        model = ViCLIPOTModel.from_towers(source, sbert_dir, image_size=32, projection_dim=16, **extra)
+        for key, value in reference.state_dict().items():
+            torch.testing.assert_close(model.vision_model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_long_captions_are_truncated_at_the_towers_positions(tmp_path):
+    """A tower whose tokenizer states no maximum length and has no sentence_bert_config.json (bug 2)."""
+    words = VIETNAMESE_TEXTS * 3
+    plain = vietnamese_sbert(tmp_path / "phobert", words, sentence_transformers_files=False, model_max_length=None)
+    assert AutoTokenizer.from_pretrained(plain).model_max_length > 1e6  # the tokenizer gives no limit
+    folder, _ = timm_hub_folder(tmp_path / "dino", "vit_small_patch16_dinov3", DINOV3_SMALL)
+    model = ViCLIPOTModel.from_towers(folder, plain, image_size=32, projection_dim=16).eval()
+    long_caption = " ".join(VIETNAMESE_TEXTS * 8)  # about 800 tokens; 258 positions = 256 tokens + RoBERTa's offset
+    inputs = model.processor(text=[long_caption])
+    assert inputs["input_ids"].shape[1] == 256
+    truncated = model.processor.tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True)
+    torch.testing.assert_close(model.encode_text(long_caption), model.encode_text(truncated), atol=1e-6, rtol=0)
+
+
+def test_missing_tokenizer_uncached_tag_and_wrong_weights_are_clear_errors(tmp_path, tower_dirs, sbert_dir):
+    no_tokenizer = vietnamese_sbert(tmp_path / "no-tokenizer", VIETNAMESE_TEXTS, tokenizer_files=False)
+    folder, _ = tower_dirs["dinov3-resized"]
+    with pytest.raises(ValueError, match=r"cannot load the text tower .*no-tokenizer.*no usable tokenizer"):
+        ViCLIPOTModel.from_towers("vit_base_patch16_dinov3.lvd1689m", no_tokenizer)  # fails before any tower
+    with pytest.raises(ValueError, match=r"cannot load the image tower 'vit_base_patch16_dinov3.lvd1689m'"):
+        ViCLIPOTModel.from_towers("vit_base_patch16_dinov3.lvd1689m", sbert_dir)  # offline, not cached
+    with pytest.raises(ValueError, match=r"cannot load the image tower .*model.safetensors.: KeyError"):
+        ViCLIPOTModel.from_towers(folder / "model.safetensors", sbert_dir, vision_model_name="convnext_atto")
+
+
+# ---------------------------------------------------------------- a loaded model re-saved
+
+
+def test_resaved_model_is_complete_in_a_fresh_process(tower_dirs, sbert_dir, tmp_path):
+    folder, _ = tower_dirs["dinov3-resized"]
+    ViCLIPOTModel.from_towers(folder, sbert_dir, image_size=32, projection_dim=16).save_pretrained(tmp_path / "a")
+    script = f"""
+import torch
+from PIL import Image
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, AutoProcessor
+a, b = {str(tmp_path / "a")!r}, {str(tmp_path / "b")!r}
+AutoModel.from_pretrained(a, trust_remote_code=True).save_pretrained(b)
+model = AutoModel.from_pretrained(b, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(b, trust_remote_code=True)
+st = SentenceTransformer(b, trust_remote_code=True, device="cpu")
+texts, image = {CAPTIONS!r}, Image.new("RGB", (40, 30), (200, 30, 60))
+with torch.no_grad():
+    out = model(**processor(text=texts, images=[image]))
+torch.testing.assert_close(torch.from_numpy(st.encode(texts)), out.text_embeds, atol=1e-6, rtol=0)
+torch.testing.assert_close(torch.from_numpy(st.encode([image])), out.image_embeds, atol=1e-6, rtol=0)
+torch.testing.assert_close(model.encode_text(texts), out.text_embeds, atol=1e-6, rtol=0)
+print("OK")
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+    assert {"processor_config.json", "vocab.txt", "bpe.codes", "modules.json"} <= set(os.listdir(tmp_path / "b"))
+
+
+def test_saving_without_a_processor_is_a_clear_error(tower_dirs, sbert_dir, tmp_path):
+    model = ViCLIPOTModel.from_towers(tower_dirs["convnext-official"][0], sbert_dir, projection_dim=16)
+    model.processor = None
+    with pytest.raises(ValueError, match="no processor"):
+        model.save_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------- the authors' releases and checkpoints
+
+
+def authors_embeddings(state_dict, config, sbert_dir, vision_dir, pixels, texts):
+    """Embeddings computed directly from the release's weights: the timm trunk's patch-token mean through the head;
+    the text encoder's masked token mean through `fc`; both L2-normalised."""
+    trunk = timm.create_model(f"local-dir:{vision_dir}", num_classes=0).eval()
+    trunk.load_state_dict({k.removeprefix("vision_model.trunk."): v for k, v in state_dict.items()
+                           if k.startswith("vision_model.trunk.")})
+    encoder = AutoModel.from_pretrained(sbert_dir).eval()
+    encoder.load_state_dict({k.removeprefix("text_model.encoder."): v for k, v in state_dict.items()
+                             if k.startswith("text_model.encoder.")})
+    with torch.no_grad():
+        tokens = trunk.forward_features(pixels)
+        pooled = tokens[:, trunk.num_prefix_tokens:].mean(dim=1)
+        if config["vision_config"]["proj"] == "linear":
+            image = F.linear(pooled, state_dict["vision_model.head.proj.weight"], state_dict.get("vision_model.head.proj.bias"))
+        else:
+            hidden = F.gelu(F.linear(pooled, state_dict["vision_model.head.mlp.fc1.weight"],
+                                     state_dict["vision_model.head.mlp.fc1.bias"]))
+            image = F.linear(hidden, state_dict["vision_model.head.mlp.fc2.weight"],
+                             state_dict.get("vision_model.head.mlp.fc2.bias"))
+        inputs = AutoTokenizer.from_pretrained(sbert_dir)(texts, padding=True, return_tensors="pt")
+        hidden = encoder(**inputs).last_hidden_state
+        mask = inputs["attention_mask"].unsqueeze(-1).float()
+        text = (hidden * mask).sum(1) / mask.sum(1)
+        if config["text_config"]["proj"] == "linear":
+            text = F.linear(text, state_dict["text_model.fc.weight"], state_dict.get("text_model.fc.bias"))
+    return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+
+
+@pytest.mark.parametrize("vision_proj, text_proj, proj_bias, logit_bias", [
+    ("linear", "linear", False, None),  # ViCLIP-OT
+    ("mlp", "linear", True, -10.0),  # ViSigLIP-OT with the mlp head and biases
+    ("linear", "none", False, None),
+])
+def test_authors_release_converts_to_equal_embeddings(vision_proj, text_proj, proj_bias, logit_bias, tower_dirs,
+                                                      sbert_dir, tmp_path):
+    vision_dir = tower_dirs["dinov3-resized"][0]
+    embed_dim = 32 if text_proj == "none" else 16
+    release, state_dict = authors_release(tmp_path / "ViCLIP-OT", sbert_dir, vision_dir, embed_dim=embed_dim,
+                                          vision_proj=vision_proj, text_proj=text_proj, proj_bias=proj_bias,
+                                          logit_bias=logit_bias)
+    config = json.loads((release / "config.json").read_text())
+    pixels = images()
+    expected_images, expected_texts = authors_embeddings(state_dict, config, sbert_dir, vision_dir, pixels, CAPTIONS)
+
+    checkpoint = authors_checkpoint(tmp_path / "viclip_ot_best.pth", state_dict)
+    sources = [release, checkpoint]
+    for source in sources:
+        extra = {} if source == release else {"text_tower": str(sbert_dir), "vision_model": str(vision_dir)}
+        model = load_authors_model(source, **extra)
+        with torch.no_grad():
+            got_images = F.normalize(model.get_image_features(pixels).pooler_output, dim=-1)
+        torch.testing.assert_close(got_images, expected_images, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.encode_text(CAPTIONS), expected_texts, atol=1e-5, rtol=0)
+        assert model.logit_scale.item() == pytest.approx(2.6592)
+        assert (model.logit_bias is None) == (logit_bias is None)
+
+    # the command line writes a folder that loads on its own
+    output = tmp_path / "converted"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "viclip_ot.convert", str(release), str(output)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = AutoModel.from_pretrained(output, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(output, trust_remote_code=True)
+    torch.testing.assert_close(loaded.encode_text(CAPTIONS), expected_texts, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        out = loaded(**processor(text=CAPTIONS[:1]), pixel_values=pixels)
+    torch.testing.assert_close(out.image_embeds, expected_images, atol=1e-5, rtol=0)
+
+
+def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs, sbert_dir, tmp_path):
+    vision_dir = tower_dirs["dinov3-resized"][0]
+    _, state_dict = authors_release(tmp_path / "release", sbert_dir, vision_dir)
+    towers = {"text_tower": str(sbert_dir), "vision_model": str(vision_dir)}
+    extra = authors_checkpoint(tmp_path / "extra.pth", {**state_dict, "vision_model.extra.weight": torch.zeros(1)})
+    with pytest.raises(KeyError, match="image_encoder.extra.weight|vision_model.extra.weight"):
+        load_authors_model(extra, **towers)
+    del state_dict["vision_model.trunk.cls_token"]
+    missing = authors_checkpoint(tmp_path / "missing.pth", state_dict)
+    with pytest.raises(KeyError, match="1 missing weights.*vision_model.cls_token"):
+        load_authors_model(missing, **towers)
