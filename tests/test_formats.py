@@ -231,3 +231,34 @@ def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs
     missing = authors_checkpoint(tmp_path / "missing.pth", state_dict)
     with pytest.raises(KeyError, match="1 missing weights.*vision_model.cls_token"):
         load_authors_model(missing, **towers)
+
+
+# ---------------------------------------------------------------- training options on any tower
+
+
+@pytest.mark.parametrize("architecture, kwargs, blocks, frozen", [
+    ("vit_small_patch16_dinov3", DINOV3_SMALL, 1, ("cls_token", "reg_token", "patch_embed.", "blocks.0.")),
+    ("convnext_atto", {"depths": (1, 2, 1, 1), "dims": (8, 16, 24, 32)}, 2,
+     ("stem.", "stages.0.", "stages.1.downsample.", "stages.1.blocks.0.")),
+])
+def test_freeze_image_blocks_on_any_timm_tower(architecture, kwargs, blocks, frozen, sbert_dir, tmp_path):
+    from viclip_ot.trainer import freeze
+
+    folder, _ = timm_hub_folder(tmp_path / "tower", architecture, kwargs)
+    model = ViCLIPOTModel.from_towers(folder, sbert_dir, image_size=32, projection_dim=16)
+    freeze(model, image_blocks=blocks)
+    for name, parameter in model.vision_model.named_parameters():
+        assert parameter.requires_grad == (not name.startswith(frozen)), name
+    assert all(p.requires_grad for p in model.text_model.parameters())
+    inputs = model.processor(text=CAPTIONS[:2])
+    model(**inputs, pixel_values=images(count=2), return_loss=True).loss.backward()
+    assert all((p.grad is None) != p.requires_grad for p in model.vision_model.parameters())
+
+
+def test_data_dir_can_be_unset_from_the_command_line():
+    from viclip_ot.arguments import parse_arguments
+
+    _, data, _, _ = parse_arguments(["configs/viclip_ot.yaml", "--dataset", "demo", "--data_dir", "", "--bf16", "false"])
+    assert data.dataset == "demo" and data.data_dir is None
+    _, data, _, _ = parse_arguments(["configs/viclip_ot.yaml", "--bf16", "false"])
+    assert data.data_dir == "data/uit-openviic"

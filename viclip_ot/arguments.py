@@ -64,7 +64,7 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     dataset: str = field(default="uit-openviic", metadata={"help": "uit-openviic, ktvic, crossmodal3600, json or demo."})
-    data_dir: str | None = None
+    data_dir: str | None = field(default=None, metadata={"help": "The corpus folder; --data_dir '' unsets a config's."})
     train_split: str = "train"
     eval_split: str | None = field(default="validation", metadata={"help": "Split for validation (none: skip)."})
     test_split: str | None = field(default=None, metadata={"help": "Split evaluated before and after training."})
@@ -73,6 +73,10 @@ class DataArguments:
     max_train_images: int | None = None
     max_eval_images: int | None = None
     horizontal_flip: bool = field(default=True, metadata={"help": "Flip training images (off when captions say left/right)."})
+
+    def __post_init__(self):
+        if self.data_dir == "":  # unset from the command line (e.g. a paper config with --dataset demo)
+            self.data_dir = None
 
 
 @dataclass
@@ -106,7 +110,11 @@ class ViCLIPOTTrainingArguments(TrainingArguments):
                           "images on every process); none: encode the batch at once."},
     )
     warmup_start_factor: float = field(default=0.01, metadata={"help": "Warm-up starts at this fraction of the lr."})
-    freeze_image_blocks: int = field(default=0, metadata={"help": "Freeze the patch embedding and the first N blocks."})
+    freeze_image_blocks: int = field(
+        default=0,
+        metadata={"help": "Freeze the image tower's stem and first N layer groups (timm's group_matcher: a ViT's "
+                          "blocks, a ConvNeXt's blocks with their downsampling)."},
+    )
     freeze_text_tower: bool = False
 
 

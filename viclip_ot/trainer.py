@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from timm.models import group_parameters
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import SchedulerType
@@ -40,14 +41,18 @@ class AugmentationEpoch(TrainerCallback):
 
 
 def freeze(model, image_blocks=0, text_tower=False):
-    """Freeze the image tower's patch embedding and first `image_blocks` blocks, and/or the whole text tower."""
+    """Freeze the image tower's stem and first `image_blocks` layer groups, and/or the whole text tower.
+
+    The groups are timm's `group_matcher` of the tower (as open_clip's `lock`): group 0 is the stem (a ViT's patch
+    embedding and prefix tokens), then a ViT's blocks, a ConvNeXt's blocks with their downsampling, and so on, so it
+    works for any timm tower.
+    """
     if image_blocks:
         vision = model.vision_model
-        for module in [vision.patch_embed, *list(vision.blocks)[:image_blocks]]:
-            module.requires_grad_(False)
-        for name in ("cls_token", "reg_token", "pos_embed"):
-            if getattr(vision, name, None) is not None:
-                getattr(vision, name).requires_grad_(False)
+        groups = group_parameters(vision, vision.group_matcher())
+        for group in range(min(image_blocks, max(groups)) + 1):
+            for name in groups.get(group, ()):
+                vision.get_parameter(name).requires_grad_(False)
     if text_tower:
         model.text_model.requires_grad_(False)
 
