@@ -262,3 +262,20 @@ def test_data_dir_can_be_unset_from_the_command_line():
     assert data.dataset == "demo" and data.data_dir is None
     _, data, _, _ = parse_arguments(["configs/viclip_ot.yaml", "--bf16", "false"])
     assert data.data_dir == "data/uit-openviic"
+
+
+def test_model_card_names_hub_ids_rounds_values_and_titles_the_model(tower_dirs, sbert_dir, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from viclip_ot.model_card import write_model_card
+
+    model = ViCLIPOTModel.from_towers(tower_dirs["convnext-official"][0], sbert_dir, projection_dim=16)
+    towers = ["vit_base_patch16_dinov3.lvd1689m", "keepitreal/vietnamese-sbert", "hf-hub:timm/convnext_base.dinov3_lvd1689m",
+              "convnext_atto", str(sbert_dir)]
+    write_model_card(tmp_path, model.config, model_name="viclip-ot-uit", results={"t2i_R@1": 28.599999999999998},
+                     dataset_name="uit-openviic", base_models=towers)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model == ["timm/vit_base_patch16_dinov3.lvd1689m", "keepitreal/vietnamese-sbert",
+                                    "timm/convnext_base.dinov3_lvd1689m", "timm/convnext_atto.d2_in1k"]
+    assert card.data.eval_results[0].metric_value == 28.6 and "28.599999" not in card.content
+    assert "\n# viclip-ot-uit\n" in card.content

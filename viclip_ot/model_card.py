@@ -4,6 +4,7 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from timm.models import get_pretrained_cfg
 
 RECALL_KEYS = ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "avg_R")
 
@@ -53,14 +54,32 @@ def results_table(results, dataset_name):
     return header + f"\n| {dataset_name} | " + " | ".join(f"{results[k]:.2f}" for k in keys) + " |"
 
 
-def write_model_card(folder, model_config, *, repo_id=None, results=None, dataset_name=None, split="test",
-                     training_config=None, base_models=(), license="gpl-3.0"):
-    """Write `folder/README.md`; `results` are `retrieval_metrics` keys (without an `eval_` prefix)."""
-    repo_id = repo_id or Path(folder).name
+def hub_id(tower):
+    """The Hub repository of a tower name as given to `from_towers`, or None for a local file or folder: timm names
+    become timm's repository (`vit_base_patch16_dinov3.lvd1689m` -> `timm/vit_base_patch16_dinov3.lvd1689m`)."""
+    tower = str(tower)
+    if not tower or Path(tower).exists() or tower.startswith(("local-dir:", "/", ".", "~")):
+        return None
+    if tower.startswith("hf-hub:"):
+        return tower.removeprefix("hf-hub:")
+    if "/" not in tower:
+        pretrained = get_pretrained_cfg(tower)
+        return pretrained.hf_hub_id if pretrained is not None and pretrained.hf_hub_id else None
+    return tower
+
+
+def write_model_card(folder, model_config, *, repo_id=None, model_name=None, results=None, dataset_name=None,
+                     split="test", training_config=None, base_models=(), license="gpl-3.0"):
+    """Write `folder/README.md`; `results` are `retrieval_metrics` keys (without an `eval_` prefix), in percent.
+
+    The title is `model_name` (default: the repository's name); `base_models` are the towers as given to
+    `from_towers`, listed by their Hub ids (local ones are left out).
+    """
+    model_name = model_name or (repo_id.split("/")[-1] if repo_id else "ViCLIP-OT")
     eval_results = [
         EvalResult(
             task_type="image-text-retrieval", dataset_type=dataset_name or "unknown", dataset_name=dataset_name or "unknown",
-            dataset_split=split, metric_type="recall", metric_name=key, metric_value=float(results[key]),
+            dataset_split=split, metric_type="recall", metric_name=key, metric_value=round(float(results[key]), 2),
         )
         for key in RECALL_KEYS
         if results and key in results
@@ -72,15 +91,15 @@ def write_model_card(folder, model_config, *, repo_id=None, results=None, datase
         pipeline_tag="feature-extraction",
         tags=["viclip-ot", "image-text-retrieval", "clip", "optimal-transport", "sentence-transformers", "vietnamese"],
         datasets=[dataset_name] if dataset_name else None,
-        base_model=[model for model in base_models if model] or None,
-        model_name=repo_id,
+        base_model=[hub for hub in map(hub_id, base_models) if hub] or None,
+        model_name=model_name,
         eval_results=eval_results or None,
     )
     card = ModelCard.from_template(
         card_data,
         template_str=TEMPLATE,
-        model_name=repo_id,
-        repo_id=repo_id,
+        model_name=model_name,
+        repo_id=repo_id or "path/to/this/folder",
         vision_tower=model_config.vision_model_name,
         text_tower=model_config.text_config._name_or_path or model_config.text_config.model_type,
         projection_dim=model_config.projection_dim,

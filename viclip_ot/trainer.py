@@ -230,6 +230,7 @@ class ViCLIPOTTrainer(Trainer):
         results = {key[5:]: value for key, value in evaluations[-1].items() if key.startswith("eval_")} if evaluations else None
         write_model_card(
             folder, model.config, repo_id=self.hub_model_id if self.args.push_to_hub else None,
+            model_name=Path(self.hub_model_id if self.args.push_to_hub else self.args.output_dir).name,
             results=results, dataset_name=self.eval_dataset_name, split="validation",
             training_config=self.training_config,
             base_models=self.training_config.get("base_models", ()),
