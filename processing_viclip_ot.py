@@ -13,9 +13,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def to_rgb(image):
+    """An RGB copy of a PIL image: palette, grayscale and CMYK images are converted, and transparent pixels (an
+    alpha channel, or the `transparency` entry of a palette, grayscale or RGB image) become white. The corpus
+    builders and inference use this one converter, so that both see the same pixels for the same file."""
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_rgb_image(image):
-    """A PIL image in RGB mode from a PIL image or a path; palette, transparent, grayscale and CMYK images
-    are converted (transparency onto white)."""
+    """A PIL image in RGB mode (see `to_rgb`) from a PIL image or a path."""
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
@@ -25,12 +34,7 @@ def load_rgb_image(image):
             image = opened.copy()
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image or a path, got {type(image).__name__}")
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return image if image.mode == "RGB" and "transparency" not in image.info else to_rgb(image)
 
 
 def read_sentence_transformers_settings(folder):

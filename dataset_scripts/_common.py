@@ -23,6 +23,8 @@ from pathlib import Path
 import datasets
 from PIL import Image, ImageFile
 
+from processing_viclip_ot import to_rgb
+
 SHOWN = 5  # how many offending items an error or warning lists
 
 
@@ -162,14 +164,6 @@ def _decode(raw: bytes, allow_truncated: bool) -> Image.Image:
         return image
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of ``image``; transparent pixels become white."""
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def png_bytes(image: Image.Image) -> bytes:

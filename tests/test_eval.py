@@ -168,11 +168,17 @@ def test_end_to_end_with_a_tiny_model(corpus, model_dir, tmp_path):
         "--model", model_dir, "--dataset", corpus, *where, "--batch-size", 5, "--bootstrap", 50,
         "--plots", tmp_path / "plots", tmp_path=tmp_path,
     )
-    assert written == json.loads(json.dumps(results))
     assert written["model"] == str(model_dir) and written["encoder"] == "ViCLIPOTModel"
     assert written["precision"] == "fp32" and written["bootstrap"] == {"samples": 50, "seed": 0}
     (name, entry), = written["evaluations"].items()
-    assert name == f"{corpus} {'test' if corpus == 'demo' else 'val'}" and f"| {name} | " in table
+    assert name == f"{corpus} {'test' if corpus == 'demo' else 'val'}"
+    # the Markdown table next to the JSON shows the JSON's values, with their intervals, in the paper's order
+    cells = []
+    for key in [*RECALLS, "avg_R", "alignment", "modality_gap"]:
+        digits = 4 if key in ("alignment", "modality_gap") else 2
+        low, high = entry["metrics"][f"{key}_ci95"]
+        cells.append(f"{entry['metrics'][key]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]")
+    assert f"| {name} | " + " | ".join(cells) + " |" in table.splitlines()
     assert list(entry) == ENTRY and set(entry["metrics"]) == set(METRICS + INTERVALS)
 
     # the same numbers from embeddings made here, without encode_corpus

@@ -1,5 +1,6 @@
 """ViCLIPOTModel: loading as remote code, pooling, logits, losses, converters, bad input."""
 
+import io
 import json
 import os
 import subprocess
@@ -211,15 +212,46 @@ def test_bad_caption_image_index_is_a_clear_error(make_model, photos):
         model(**inputs, caption_image_index=torch.tensor([0, 1, 2]), return_loss=True)
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "P", "L", "CMYK"])
-def test_image_modes_become_rgb(make_model, photos, mode):
+@pytest.mark.parametrize("mode", ["RGBA", "P", "L", "CMYK", "L-transparency", "P-transparency"])
+def test_image_modes_become_rgb(make_model, photos, mode, tmp_path):
+    """Each mode's pixels against a computation on the arrays; a file reads the same in the corpus builder."""
+    from dataset_scripts._common import rgb_image_bytes
+    from processing_viclip_ot import load_rgb_image
+
+    rgb = np.asarray(photos[1].resize((40, 30)), dtype=np.int64)
+    gray = rgb[..., 0]
+    alpha = np.tile(np.linspace(0, 255, 40).round().astype(np.int64), (30, 1))
+    if mode == "RGBA":
+        image = Image.fromarray(np.dstack([rgb, alpha]).astype(np.uint8), "RGBA")
+        expected = (rgb * alpha[..., None] + 255 * (255 - alpha[..., None])) / 255
+    elif mode == "CMYK":  # no black: C, M, Y = 255 - R, G, B converts back exactly
+        image = Image.fromarray(np.dstack([255 - rgb, np.zeros_like(gray)]).astype(np.uint8), "CMYK")
+        expected = rgb
+    elif mode.startswith("L"):
+        image = Image.fromarray(gray.astype(np.uint8), "L")
+        expected = np.repeat(gray[..., None], 3, axis=2)
+    else:
+        palette = np.array([[255, 0, 0], [0, 0, 255], [10, 200, 30]])
+        indices = (gray % 3).astype(np.uint8)
+        image = Image.fromarray(indices, "P")
+        image.putpalette(palette.astype(np.uint8).ravel().tolist())
+        expected = palette[indices]
+    if mode.endswith("transparency"):  # pixels equal to the stated value (index) are transparent
+        value = int(gray[0, 0] % 3) if mode.startswith("P") else int(gray[0, 0])
+        image.info["transparency"] = value
+        clear = (indices if mode.startswith("P") else gray) == value
+        expected = np.where(clear[..., None], 255, expected)
+    converted = np.asarray(load_rgb_image(image), dtype=np.int64)
+    assert converted.shape == (30, 40, 3)
+    np.testing.assert_allclose(converted, expected, atol=1)
+
+    path = tmp_path / ("image.tiff" if mode == "CMYK" else "image.png")  # PNG has no CMYK
+    image.save(path)
+    stored, _ = rgb_image_bytes(path)
+    with Image.open(io.BytesIO(stored)) as built:
+        np.testing.assert_array_equal(np.asarray(built), converted)
     model = make_model()
-    photo = photos[1]
-    converted = photo.convert(mode)
-    expected = converted.convert("RGBA") if mode == "P" else converted
-    if expected.mode == "RGBA":
-        expected = Image.alpha_composite(Image.new("RGBA", expected.size, "white"), expected)
-    torch.testing.assert_close(model.encode_image(converted), model.encode_image(expected.convert("RGB")))
+    torch.testing.assert_close(model.encode_image(image), model.encode_image(Image.fromarray(converted.astype(np.uint8))))
 
 
 def test_transparent_pixels_become_white(make_model):
