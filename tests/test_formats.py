@@ -279,3 +279,59 @@ def test_model_card_names_hub_ids_rounds_values_and_titles_the_model(tower_dirs,
                                     "timm/convnext_base.dinov3_lvd1689m", "timm/convnext_atto.d2_in1k"]
     assert card.data.eval_results[0].metric_value == 28.6 and "28.599999" not in card.content
     assert "\n# viclip-ot-uit\n" in card.content
+
+
+# ---------------------------------------------------------------- baselines
+
+
+@pytest.fixture(scope="module")
+def baseline_dirs(tmp_path_factory):
+    from replicas import clip_baseline, siglip_baseline
+
+    root = tmp_path_factory.mktemp("baselines")
+    return {"siglip": siglip_baseline(root / "siglip", VIETNAMESE_TEXTS * 5), "clip": clip_baseline(root / "clip")}
+
+
+@pytest.mark.parametrize("kind", ["siglip", "clip"])
+def test_baselines_encode_as_their_models_and_run_in_eval(kind, baseline_dirs, tmp_path):
+    from transformers import AutoModel as Auto
+
+    from viclip_ot.encoders import load_encoder
+
+    folder = baseline_dirs[kind]
+    encoder = load_encoder(folder)
+    model, processor = Auto.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    assert type(processor.tokenizer).__name__ == {"siglip": "SiglipTokenizer", "clip": "CLIPTokenizer"}[kind]
+    padding = "max_length" if kind == "siglip" else True  # SigLIP was trained on texts padded to full length
+    limit = model.config.text_config.max_position_embeddings
+    texts = VIETNAMESE_TEXTS[:3]
+    with torch.no_grad():
+        inputs = processor.tokenizer(texts, padding=padding, truncation=True, max_length=limit, return_tensors="pt")
+        expected = F.normalize(model.get_text_features(**inputs).pooler_output, dim=-1)
+    torch.testing.assert_close(encoder.encode_text(texts), expected, atol=1e-6, rtol=0)
+
+    result = subprocess.run(
+        [sys.executable, "eval.py", "--model", str(folder), "--dataset", "demo", "--option", "train_size=0",
+         "--option", "validation_size=0", "--option", "test_size=4", "--cache-dir", str(tmp_path / "cache"),
+         "--output", str(tmp_path / "results.json")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (entry,) = json.loads((tmp_path / "results.json").read_text())["evaluations"].values()
+    assert entry["images"] == 4 and 0 <= entry["metrics"]["t2i_R@1"] <= 100
+
+
+def test_a_baseline_missing_a_package_is_one_clear_line(baseline_dirs, tmp_path):
+    script = (
+        "import runpy, sys; sys.modules['sentencepiece'] = None; sys.argv = sys.argv[1:]\n"
+        "runpy.run_path('eval.py', run_name='__main__')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "eval.py", "--model", str(baseline_dirs["siglip"]), "--dataset", "demo",
+         "--option", "test_size=2", "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "out.json")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"eval.py: error: cannot load {baseline_dirs['siglip']}: a package it needs is missing")
+    assert "SentencePiece" in line

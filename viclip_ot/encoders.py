@@ -44,6 +44,9 @@ def load_encoder(name_or_path, device="cpu", *, text_model=None, trust_remote_co
         return PairedEncoder(encoder, texts)
     except EncoderError:
         raise
+    except ImportError as error:  # e.g. a SigLIP tokenizer without sentencepiece
+        message = " ".join(str(error).split())  # transformers' message spans several lines
+        raise EncoderError(f"cannot load {name_or_path}: a package it needs is missing: {message}") from error
     except (OSError, ValueError) as error:  # e.g. code of its own but no trust_remote_code, missing weights
         raise EncoderError(f"cannot load {name_or_path}: {error}") from error
 
