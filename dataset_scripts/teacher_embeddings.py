@@ -39,6 +39,11 @@ def corpus_fingerprint(image_ids, captions):
     return digest.hexdigest()[:16]
 
 
+def caption_fingerprints(captions):
+    """A short hash of each image's captions (in order), stored per image so that any subset can be checked."""
+    return [hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest()[:12] for texts in captions]
+
+
 def _ids_and_captions(dataset):
     columns = dataset.select_columns(["image_id", "captions"])
     return list(columns["image_id"]), list(columns["captions"])
@@ -119,8 +124,16 @@ class TeacherEmbeddings:
         if miscounted:
             problems.append(f"{len(miscounted)} images have a different caption count, e.g. {miscounted[:5]}")
         fingerprint = self.metadata.get("corpus_fingerprint")
-        whole_corpus = len(image_ids) == len(self.image_ids)  # a subset of the images cannot be fingerprinted
-        if not problems and fingerprint and whole_corpus and corpus_fingerprint(image_ids, captions) != fingerprint:
+        whole_corpus = len(image_ids) == len(self.image_ids)
+        if not problems and "caption_fingerprints" in self.metadata:  # per image: a subset is checked too
+            stored = dict(zip(self.image_ids, json.loads(self.metadata["caption_fingerprints"])))
+            changed = [i for i, f in zip(image_ids, caption_fingerprints(captions)) if stored.get(i) != f]
+            if changed:
+                problems.append(
+                    f"{len(changed)} images have other captions than the embeddings were computed from, "
+                    f"e.g. {changed[:5]}"
+                )
+        elif not problems and fingerprint and whole_corpus and corpus_fingerprint(image_ids, captions) != fingerprint:
             problems.append("the corpus's captions differ from those the embeddings were computed from")
         if dimension is not None and dimension != self.dimension:
             problems.append(f"dimension {self.dimension}, expected {dimension}")
@@ -240,6 +253,7 @@ def compute_teacher_embeddings(dataset, teacher, batch_size=32, accelerator=None
         text_embeds = torch.cat([texts for _, _, texts in gathered])
     metadata = {"teacher": teacher.name, "corpus": corpus, "split": split,
                 "corpus_fingerprint": corpus_fingerprint(image_ids, captions),
+                "caption_fingerprints": json.dumps(caption_fingerprints([captions[i] for i in order])),
                 "images_from_captions": str(teacher.images_from_captions)}
     counts = torch.tensor([len(captions[i]) for i in order])
     return TeacherEmbeddings(image_embeds, text_embeds, [image_ids[i] for i in order], counts, metadata)

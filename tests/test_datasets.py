@@ -357,3 +357,25 @@ def test_demo_captions_state_every_scene_factor():
         pixels = np.asarray(image).reshape(-1, 3).astype(int)
         fill = np.array(demo.COLOURS[factors["colour"]][0])
         assert (np.abs(pixels - fill).max(axis=1) <= 12).sum() > 20 * factors["count"]  # the shapes are drawn in their colour
+
+
+def test_teacher_file_is_checked_on_a_subset_of_the_images(tmp_path):
+    """With --max_train_images, a teacher file made from other captions (same ids and counts) is refused."""
+    from dataset_scripts.teacher_embeddings import Teacher, TeacherEmbeddings, TeacherMismatchError
+    from dataset_scripts.teacher_embeddings import compute_teacher_embeddings
+
+    def encode_texts(texts, batch_size=32):  # a deterministic text-only teacher: character counts
+        rows = torch.tensor([[text.count(c) for c in "aeiouhnt"] for text in texts], dtype=torch.float32)
+        return F.normalize(rows + 1e-3, dim=-1)
+
+    corpus = load_corpus("demo", split="train", cache_dir=str(tmp_path / "cache"), train_size=6, validation_size=1,
+                         test_size=1, image_size=16)
+    teacher = Teacher("counts", None, encode_texts, images_from_captions=True)
+    compute_teacher_embeddings(corpus, teacher, batch_size=4).save(tmp_path / "teacher.safetensors")
+    embeddings = TeacherEmbeddings.load(tmp_path / "teacher.safetensors")
+    subset = corpus.select(range(3))
+    embeddings.check_corpus(subset)  # the same captions: accepted
+    other = subset.map(lambda row: {"captions": [c.upper() for c in row["captions"]] if row["image_id"] ==
+                                    subset[1]["image_id"] else row["captions"]})
+    with pytest.raises(TeacherMismatchError, match=rf"1 images have other captions .*{subset[1]['image_id']}"):
+        embeddings.check_corpus(other)
