@@ -10,10 +10,12 @@ decodes to an RGB ``PIL.Image`` and the built corpus no longer needs the source 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import tempfile
 import typing
 import warnings
 from collections import Counter
@@ -164,6 +166,22 @@ def _decode(raw: bytes, allow_truncated: bool) -> Image.Image:
         return image
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Yield a temporary path beside ``path`` to write to; on success it replaces ``path``, on failure it is
+    removed, so that readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from ._common import CorpusError
+from ._common import CorpusError, atomic_write
 from .loading import CORPORA, canonical_split, load_corpus, parse_option
 from .report import FORMAT, ids_fingerprint, write_report
 
@@ -98,10 +97,8 @@ def embed(dataset: datasets.Dataset, descriptor: Descriptor, cache_dir, *, batch
         for batch in tqdm(loader, desc=desc, unit="batch"):
             chunks.append(F.normalize(descriptor.model(batch.to(device)).float().flatten(1), dim=1).cpu().numpy())
     embeddings = np.concatenate(chunks)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".npy.tmp", delete=False) as file:
+    with atomic_write(cache_file) as temporary, open(temporary, "wb") as file:
         np.save(file, embeddings)
-    os.replace(file.name, cache_file)
     return embeddings
 
 

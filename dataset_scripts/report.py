@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import datasets
 
-from ._common import CorpusError
+from ._common import CorpusError, atomic_write
 
 FORMAT = "viclip-ot-dedupe-report/1"
 
@@ -26,11 +23,8 @@ def ids_fingerprint(image_ids) -> str:
 
 def write_report(report: dict, path) -> None:
     """Write ``report`` as JSON atomically (temporary file + rename): never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as file:
-        json.dump(report, file, ensure_ascii=False, indent=1)
-    os.replace(file.name, path)
+    with atomic_write(path) as temporary:
+        temporary.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 def read_report(path) -> dict:

@@ -15,7 +15,6 @@ captions. Training joins them to the corpus by image id and caption position, ne
 import argparse
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -23,6 +22,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
+
+from ._common import atomic_write
 
 QWEN3_VL_INSTRUCTION = "Retrieve images or text relevant to the user's query."
 
@@ -83,16 +84,13 @@ class TeacherEmbeddings:
 
     def save(self, path, dtype=torch.float32):
         """Write the file atomically (a temporary file, then a rename), rows stored as `dtype`."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {**{k: str(v) for k, v in self.metadata.items()}, "image_ids": json.dumps(self.image_ids),
                     "dimension": str(self.dimension)}
         tensors = {"image_embeds": self.image_embeds.to(dtype).contiguous(),
                    "text_embeds": self.text_embeds.to(dtype).contiguous(),
                    "caption_counts": self.caption_counts.contiguous()}
-        partial = path.with_name(path.name + ".partial")
-        save_file(tensors, partial, metadata=metadata)
-        os.replace(partial, path)
+        with atomic_write(path) as temporary:
+            save_file(tensors, temporary, metadata=metadata)
 
     @classmethod
     def load(cls, path):

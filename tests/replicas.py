@@ -10,6 +10,7 @@ fields as on the Hub, with tiny sizes and random weights. Nothing is downloaded.
   training `.pth`.
 """
 
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -32,7 +33,7 @@ def learn_bpe(words, merges=60):
     for _ in range(merges):
         pairs = Counter()
         for word, symbols in segmented.items():
-            for pair in zip(symbols, symbols[1:]):
+            for pair in itertools.pairwise(symbols):
                 pairs[pair] += counts[word]
         if not pairs:
             break

@@ -164,7 +164,7 @@ def test_end_to_end_with_a_tiny_model(corpus, model_dir, tmp_path):
     else:
         write_json_corpus(tmp_path / "converted")
         where = ["--data-dir", tmp_path / "converted", "--split", "val"]
-    results, written, table = run_eval(
+    _, written, table = run_eval(
         "--model", model_dir, "--dataset", corpus, *where, "--batch-size", 5, "--bootstrap", 50,
         "--plots", tmp_path / "plots", tmp_path=tmp_path,
     )
