@@ -15,10 +15,12 @@ captions. Training joins them to the corpus by image id and caption position, ne
 import argparse
 import hashlib
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import gather_object
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -219,32 +221,28 @@ def _qwen3_vl_teacher(name_or_path, device):
 def compute_teacher_embeddings(dataset, teacher, batch_size=32, accelerator=None, corpus="", split=""):
     """Embed every image and caption of `dataset` (rows of `image`, `image_id`, `captions`) with `teacher`.
 
-    With an `accelerate.Accelerator`, each process embeds a share of the images and the shares are gathered.
+    With an `accelerate.Accelerator`, each process embeds its share of the images (`split_between_processes`) and
+    the shares are gathered.
     """
     image_ids, captions = _ids_and_captions(dataset)
     indices = list(range(len(dataset)))
-    shares = [indices]
+    shares = accelerator.split_between_processes(indices) if accelerator is not None else nullcontext(indices)
+    with shares as mine:
+        image_rows, text_rows = [], []
+        show = accelerator is None or accelerator.is_local_main_process
+        for start in tqdm(range(0, len(mine), batch_size), desc="teacher: images", disable=not show):
+            batch = mine[start:start + batch_size]
+            texts = [text for i in batch for text in captions[i]]
+            text_embeds = teacher.encode_texts(texts, batch_size=batch_size)
+            text_rows.append(text_embeds)
+            if teacher.images_from_captions:
+                counts = [len(captions[i]) for i in batch]
+                means = [chunk.mean(0) for chunk in text_embeds.split(counts)]
+                image_rows.append(F.normalize(torch.stack(means), dim=-1))
+            else:
+                image_rows.append(teacher.encode_images(dataset.select(batch)["image"], batch_size=batch_size))
+    order, image_embeds, text_embeds = mine, torch.cat(image_rows), torch.cat(text_rows)
     if accelerator is not None and accelerator.num_processes > 1:
-        shares = [indices[rank::accelerator.num_processes] for rank in range(accelerator.num_processes)]
-    mine = shares[accelerator.process_index if accelerator is not None and len(shares) > 1 else 0]
-
-    image_rows, text_rows = [], []
-    show = accelerator is None or accelerator.is_local_main_process
-    for start in tqdm(range(0, len(mine), batch_size), desc="teacher: images", disable=not show):
-        batch = mine[start:start + batch_size]
-        texts = [text for i in batch for text in captions[i]]
-        text_embeds = teacher.encode_texts(texts, batch_size=batch_size)
-        text_rows.append(text_embeds)
-        if teacher.images_from_captions:
-            counts = [len(captions[i]) for i in batch]
-            image_rows.append(F.normalize(torch.stack([chunk.mean(0) for chunk in text_embeds.split(counts)]), dim=-1))
-        else:
-            image_rows.append(teacher.encode_images(dataset.select(batch)["image"], batch_size=batch_size))
-    order = mine
-    image_embeds, text_embeds = torch.cat(image_rows), torch.cat(text_rows)
-    if len(shares) > 1:
-        from accelerate.utils import gather_object
-
         gathered = gather_object([(mine, image_embeds, text_embeds)])
         order = [i for share, _, _ in gathered for i in share]
         image_embeds = torch.cat([images for _, images, _ in gathered])

@@ -335,3 +335,45 @@ def test_a_baseline_missing_a_package_is_one_clear_line(baseline_dirs, tmp_path)
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"eval.py: error: cannot load {baseline_dirs['siglip']}: a package it needs is missing")
     assert "SentencePiece" in line
+
+
+# ---------------------------------------------------------------- the teacher script
+
+
+def test_teacher_script_on_one_and_two_processes_with_a_text_only_teacher(sbert_dir, tmp_path):
+    """`python -m dataset_scripts.teacher_embeddings` with the vietnamese-sbert replica (text only: an image is the
+    normalised mean of its captions); two processes split the images and give the same file."""
+    from dataset_scripts import load_corpus
+    from dataset_scripts.teacher_embeddings import TeacherEmbeddings
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    corpus = ["--corpus", "demo", "--split", "train", "--teacher", str(sbert_dir), "--batch-size", "3",
+              "--option", "train_size=7", "--option", "validation_size=1", "--option", "test_size=1",
+              "--option", "image_size=16"]
+    launches = {
+        "one": [sys.executable, "-m", "dataset_scripts.teacher_embeddings"],
+        "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", "29533", "-m", "dataset_scripts.teacher_embeddings"],
+    }
+    files = {}
+    for name, launch in launches.items():
+        files[name] = tmp_path / f"{name}.safetensors"
+        result = subprocess.run([*launch, *corpus, "--output", str(files[name])], cwd=root, env=env, check=False,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    dataset = load_corpus("demo", split="train", cache_dir=str(tmp_path / "cache"), train_size=7, validation_size=1,
+                          test_size=1, image_size=16)
+    captions = list(dataset["captions"])
+    reference = SentenceTransformer(str(sbert_dir), device="cpu")
+    expected_texts = torch.from_numpy(reference.encode([c for cs in captions for c in cs], normalize_embeddings=True))
+    expected_images = F.normalize(torch.stack([rows.mean(0) for rows in
+                                               expected_texts.split([len(cs) for cs in captions])]), dim=-1)
+    for name, path in files.items():
+        embeddings = TeacherEmbeddings.load(path)
+        embeddings.check_corpus(dataset)
+        images, texts = embeddings.lookup(list(dataset["image_id"]))
+        torch.testing.assert_close(texts, expected_texts, atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(images, expected_images, atol=1e-5, rtol=0, msg=name)
