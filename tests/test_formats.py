@@ -377,3 +377,28 @@ def test_teacher_script_on_one_and_two_processes_with_a_text_only_teacher(sbert_
         images, texts = embeddings.lookup(list(dataset["image_id"]))
         torch.testing.assert_close(texts, expected_texts, atol=1e-5, rtol=0, msg=name)
         torch.testing.assert_close(images, expected_images, atol=1e-5, rtol=0, msg=name)
+
+
+# ---------------------------------------------------------------- train.py with the paper's config on the replicas
+
+
+def test_paper_config_trains_on_the_replicas_with_the_demo_corpus(tower_dirs, sbert_dir, tmp_path, monkeypatch):
+    """`train.py configs/viclip_ot.yaml --dataset demo --data_dir ''` with the replica towers as Hub towers."""
+    from train import main
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    output = tmp_path / "run"
+    main([
+        "configs/viclip_ot.yaml", "--dataset", "demo", "--data_dir", "", "--loss_type", "clip",
+        "--vision_tower", str(tower_dirs["dinov3-resized"][0]), "--text_tower", str(sbert_dir),
+        "--corpus_options", json.dumps({"train_size": 8, "validation_size": 4, "test_size": 0, "image_size": 32}),
+        "--image_size", "32", "--projection_dim", "16", "--output_dir", str(output), "--bf16", "false",
+        "--use_cpu", "true", "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
+        "--gradcache_chunk_size", "2", "--per_device_eval_batch_size", "4", "--dataloader_num_workers", "0",
+        "--report_to", "none", "--freeze_image_blocks", "1",
+    ])
+    model = AutoModel.from_pretrained(output / "final", trust_remote_code=True).eval()
+    assert model.config.vision_model_kwargs["embed_dim"] == 32  # the export's model_args
+    assert model.encode_text(CAPTIONS).shape == (4, 16)
+    card = (output / "final" / "README.md").read_text()
+    assert "\n# run\n" in card and str(sbert_dir) not in card.split("---")[1]  # local towers are no base_model
