@@ -26,7 +26,7 @@ else:  # the installed top-level modules (imported by name so that remote code d
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Contrastive losses (REFERENCE §2). Row k of a batch pairs caption k with its image caption_image_index[k].
+# Contrastive losses: multi-positive CLIP and SigLIP. Row k of a batch pairs caption k with image caption_image_index[k].
 # --------------------------------------------------------------------------------------------------------------
 
 

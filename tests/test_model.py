@@ -169,7 +169,8 @@ def test_forward_logits_and_clip_loss_by_hand(make_model, photos):
     np.testing.assert_allclose(out.logits_per_text.numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(out.logits_per_image.numpy(), expected.T, atol=1e-5)
 
-    # REFERENCE §2: N x N rows (image of caption i, caption j), uniform targets over same-image columns.
+    # N x N rows (image of caption i, caption j), targets uniform over same-image columns: the mean over both
+    # directions of -(1/N) sum_i sum_j t_ij log softmax(l_i)_j.
     index = caption_image_index.tolist()
     n = len(index)
     logits = np.array([[scale * np.dot(x[index[i]], y[j]) for j in range(n)] for i in range(n)])
