@@ -3,7 +3,8 @@
     accelerate launch -m dataset_scripts.teacher_embeddings --corpus uit-openviic --data-dir D --split train \\
         --teacher Qwen/Qwen3-VL-Embedding-2B --output teachers/uit-openviic-train.safetensors
 
-Teachers: `Qwen/Qwen3-VL-Embedding-2B` (the paper's, last-token pooling with its instruction), any
+Teachers: `Qwen/Qwen3-VL-Embedding-2B` (the paper's, through sentence-transformers with its instruction as the
+prompt), any
 sentence-transformers model that encodes images and texts, a text-only sentence-transformers model (an image is
 then the normalised mean of its captions' embeddings), or a saved ViCLIP-OT model.
 
@@ -163,7 +164,10 @@ class Teacher:
 
 
 def load_teacher(name_or_path, device="cpu"):
-    """Pick the teacher implementation from what the name or folder holds."""
+    """Pick the teacher implementation from what the name or folder holds: a saved ViCLIP-OT model, or a
+    sentence-transformers model. Qwen3-VL-Embedding (a Transformer module with last-token pooling and Normalize,
+    loaded natively by sentence-transformers) gets the paper's instruction as its prompt, for images and texts."""
+    from sentence_transformers import SentenceTransformer
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=True)
@@ -172,50 +176,16 @@ def load_teacher(name_or_path, device="cpu"):
 
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True).to(device).eval()
         return Teacher(str(name_or_path), model.encode_image, model.encode_text)
-    if config.model_type.startswith("qwen3_vl"):
-        return _qwen3_vl_teacher(name_or_path, device)
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(name_or_path), device=device, trust_remote_code=True)
+    prompt = QWEN3_VL_INSTRUCTION if config.model_type.startswith("qwen3_vl") else None
+    model_kwargs = {"dtype": torch.bfloat16} if torch.device(device).type == "cuda" else {}
+    model = SentenceTransformer(str(name_or_path), device=str(device), trust_remote_code=True, model_kwargs=model_kwargs)
 
     def encode(items, batch_size=32, **_):
-        return torch.from_numpy(model.encode(items, batch_size=batch_size, normalize_embeddings=True)).float()
+        embeddings = model.encode(items, batch_size=batch_size, prompt=prompt, convert_to_tensor=True)
+        return F.normalize(embeddings.float(), dim=-1).cpu()
 
     text_only = "image" not in getattr(model, "modalities", ["text"])
     return Teacher(str(name_or_path), None if text_only else encode, encode, images_from_captions=text_only)
-
-
-def _qwen3_vl_teacher(name_or_path, device):
-    """Qwen3-VL-Embedding: the last token's hidden state of an instruction-prefixed chat, L2-normalised."""
-    from transformers import AutoModel, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(name_or_path)
-    processor.tokenizer.padding_side = "left"  # the last position then holds every sequence's last token
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    model = AutoModel.from_pretrained(name_or_path, dtype=dtype).to(device).eval()
-
-    def encode(contents):
-        conversations = [
-            [{"role": "system", "content": [{"type": "text", "text": QWEN3_VL_INSTRUCTION}]},
-             {"role": "user", "content": [content]}]
-            for content in contents
-        ]
-        inputs = processor.apply_chat_template(
-            conversations, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt", padding=True
-        ).to(device)
-        with torch.no_grad():
-            hidden = model(**inputs).last_hidden_state[:, -1]
-        return F.normalize(hidden.float(), dim=-1).cpu()
-
-    def encode_images(images, batch_size=8, **_):
-        return torch.cat([encode([{"type": "image", "image": image} for image in images[i:i + batch_size]])
-                          for i in range(0, len(images), batch_size)])
-
-    def encode_texts(texts, batch_size=32, **_):
-        return torch.cat([encode([{"type": "text", "text": text} for text in texts[i:i + batch_size]])
-                          for i in range(0, len(texts), batch_size)])
-
-    return Teacher(str(name_or_path), encode_images, encode_texts)
 
 
 def compute_teacher_embeddings(dataset, teacher, batch_size=32, accelerator=None, corpus="", split=""):

@@ -232,3 +232,55 @@ def clip_baseline(folder, seed=0):
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     return Path(folder)
+
+
+QWEN3_VL_CHAT_TEMPLATE = (  # Qwen3-VL's chat format for text and image items
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen3_vl_embedding(folder, seed=0):
+    """`Qwen/Qwen3-VL-Embedding-2B` in miniature, in its sentence-transformers layout: a `Qwen3VLModel` with its
+    processor (byte-level BPE tokenizer with Qwen's special tokens, Qwen2-VL image processor, chat template) as the
+    Transformer module (generation prompt added), last-token Pooling and Normalize, saved by sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+    from transformers import Qwen2TokenizerFast, Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLModel, Qwen3VLProcessor
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    folder = Path(folder)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+               "<|video_pad|>"]
+    vocab = {token: index for index, token in enumerate([*bytes_to_unicode().values(), *special])}
+    tokenizer = Qwen2TokenizerFast(vocab=vocab, merges=[], model_max_length=512)
+    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 512,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                                "mrope_interleaved": True},
+            "pad_token_id": vocab["<|endoftext|>"]}
+    vision = {"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "patch_size": 8,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 32, "num_position_embeddings": 16,
+              "deepstack_visual_indexes": [0]}
+    config = Qwen3VLConfig(
+        text_config=text, vision_config=vision, image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"], vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    transformers_folder = folder.with_name(folder.name + "-transformers")
+    Qwen3VLModel(config).save_pretrained(transformers_folder)
+    sizes = {"patch_size": 8, "temporal_patch_size": 2, "merge_size": 2}
+    images = Qwen2VLImageProcessor(size={"shortest_edge": 16 * 16, "longest_edge": 32 * 32}, **sizes)
+    Qwen3VLProcessor(images, tokenizer, Qwen3VLVideoProcessor(**sizes), chat_template=QWEN3_VL_CHAT_TEMPLATE
+                     ).save_pretrained(transformers_folder)
+    transformer = Transformer(str(transformers_folder), processing_kwargs={"chat_template": {"add_generation_prompt": True}})
+    modules = [transformer, Pooling(32, "lasttoken"), Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+    return folder

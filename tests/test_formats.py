@@ -402,3 +402,45 @@ def test_paper_config_trains_on_the_replicas_with_the_demo_corpus(tower_dirs, sb
     assert model.encode_text(CAPTIONS).shape == (4, 16)
     card = (output / "final" / "README.md").read_text()
     assert "\n# run\n" in card and str(sbert_dir) not in card.split("---")[1]  # local towers are no base_model
+
+
+def test_qwen3_vl_embedding_teacher_through_sentence_transformers(tmp_path):
+    """The Qwen3-VL-Embedding replica in its sentence-transformers layout gives the rows of the paper's recipe,
+    computed here by hand: the chat (system: the instruction; user: the image or text; generation prompt), left
+    padded, the last token's hidden state, L2-normalised."""
+    from PIL import Image
+    from transformers import AutoModel as Auto
+
+    from dataset_scripts.teacher_embeddings import QWEN3_VL_INSTRUCTION, compute_teacher_embeddings, load_teacher
+    from replicas import qwen3_vl_embedding
+
+    folder = qwen3_vl_embedding(tmp_path / "Qwen3-VL-Embedding-2B")
+    images = [Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (24, 36), (10, 90, 200))]
+    dataset = datasets_from(images, [CAPTIONS[:2], CAPTIONS[2:3]])
+    rows = compute_teacher_embeddings(dataset, load_teacher(folder), batch_size=2)
+
+    model, processor = Auto.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    processor.tokenizer.padding_side = "left"
+    system = {"role": "system", "content": [{"type": "text", "text": QWEN3_VL_INSTRUCTION}]}
+
+    def by_hand(contents):
+        chats = [[system, {"role": "user", "content": [content]}] for content in contents]
+        inputs = processor.apply_chat_template(chats, tokenize=True, add_generation_prompt=True, return_dict=True,
+                                               return_tensors="pt", padding=True)
+        with torch.no_grad():
+            return F.normalize(model(**inputs).last_hidden_state[:, -1], dim=-1)
+
+    expected_images = by_hand([{"type": "image", "image": image} for image in images])
+    expected_texts = by_hand([{"type": "text", "text": text} for text in CAPTIONS[:3]])
+    torch.testing.assert_close(rows.image_embeds, expected_images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rows.text_embeds, expected_texts, atol=1e-5, rtol=0)
+
+
+def datasets_from(images, captions):
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("string"),
+                                  "captions": datasets.List(datasets.Value("string"))})
+    return datasets.Dataset.from_dict(
+        {"image": images, "image_id": [str(i) for i in range(len(images))], "captions": captions}, features=features
+    )
