@@ -4,13 +4,12 @@
         --teacher Qwen/Qwen3-VL-Embedding-2B --output teachers/uit-openviic-train.safetensors
 
 Teachers: `Qwen/Qwen3-VL-Embedding-2B` (the paper's, through sentence-transformers with its instruction as the
-prompt), any
-sentence-transformers model that encodes images and texts, a text-only sentence-transformers model (an image is
-then the normalised mean of its captions' embeddings), or a saved ViCLIP-OT model.
+prompt), any sentence-transformers model that encodes images and texts, a text-only sentence-transformers model (an
+image is then the normalised mean of its captions' embeddings), or a saved ViCLIP-OT model.
 
 The safetensors file holds `image_embeds` (images x D), `text_embeds` (captions x D) and `caption_counts`, with
-metadata: the image ids (JSON), teacher, dimension, corpus, split and a fingerprint of the corpus's ids and
-captions. Training joins them to the corpus by image id and caption position, never by row order.
+metadata: the image ids (JSON), teacher, dimension, corpus, split, a fingerprint of the corpus's ids and captions
+and one of each image's captions. Training joins them to the corpus by image id and caption position, never by row order.
 """
 
 import argparse
