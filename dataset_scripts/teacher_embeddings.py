@@ -9,7 +9,8 @@ image is then the normalised mean of its captions' embeddings), or a saved ViCLI
 
 The safetensors file holds `image_embeds` (images x D), `text_embeds` (captions x D) and `caption_counts`, with
 metadata: the image ids (JSON), teacher, dimension, corpus, split, a fingerprint of the corpus's ids and captions
-and one of each image's captions. Training joins them to the corpus by image id and caption position, never by row order.
+and one of each image's captions. Training joins them to the corpus by image id and caption position, never by
+row order.
 """
 
 import argparse
