@@ -26,7 +26,7 @@ else:  # the installed top-level modules (imported by name so that remote code d
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Contrastive losses: multi-positive CLIP and SigLIP. Row k of a batch pairs caption k with image caption_image_index[k].
+# Contrastive losses: multi-positive CLIP and SigLIP. Row k pairs caption k with image caption_image_index[k].
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -420,7 +420,8 @@ class ViCLIPOTModel(PreTrainedModel):
 
         Args:
             vision_model_name_or_path: what timm loads: a timm name with its pretrained tag
-                (`vit_base_patch16_dinov3.lvd1689m`), `hf-hub:<repo>` (e.g. `hf-hub:timm/convnext_base.dinov3_lvd1689m`),
+                (`vit_base_patch16_dinov3.lvd1689m`), `hf-hub:<repo>` (e.g.
+                `hf-hub:timm/convnext_base.dinov3_lvd1689m`),
                 a local folder in timm's Hub layout (`config.json` with its `model_args` + weights), or a weights file
                 (`.safetensors`, `.pth`, `.bin`) for the architecture given as `vision_model_name=...`.
             text_model_name_or_path: a transformers model name or folder (a sentence-transformers folder too: its

@@ -148,7 +148,8 @@ class ViCLIPOTProcessor(ProcessorMixin):
             config = AutoConfig.from_pretrained(source)
             tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError, TypeError, AttributeError) as error:  # AttributeError: a vocabulary file is None
-            raise ValueError(f"cannot load the text tower {source!r}: no usable tokenizer or config ({error})") from error
+            message = f"cannot load the text tower {source!r}: no usable tokenizer or config ({error})"
+            raise ValueError(message) from error
         limits = [tokenizer.model_max_length, position_limit(config)]
         limits.append(read_sentence_transformers_settings(source).get("max_seq_length"))
         tokenizer.model_max_length = min(limit for limit in limits if limit)

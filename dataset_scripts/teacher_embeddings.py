@@ -178,7 +178,9 @@ def load_teacher(name_or_path, device="cpu"):
         return Teacher(str(name_or_path), model.encode_image, model.encode_text)
     prompt = QWEN3_VL_INSTRUCTION if config.model_type.startswith("qwen3_vl") else None
     model_kwargs = {"dtype": torch.bfloat16} if torch.device(device).type == "cuda" else {}
-    model = SentenceTransformer(str(name_or_path), device=str(device), trust_remote_code=True, model_kwargs=model_kwargs)
+    model = SentenceTransformer(
+        str(name_or_path), device=str(device), trust_remote_code=True, model_kwargs=model_kwargs
+    )
 
     def encode(items, batch_size=32, **_):
         embeddings = model.encode(items, batch_size=batch_size, prompt=prompt, convert_to_tensor=True)

@@ -280,7 +280,8 @@ def qwen3_vl_embedding(folder, seed=0):
     images = Qwen2VLImageProcessor(size={"shortest_edge": 16 * 16, "longest_edge": 32 * 32}, **sizes)
     Qwen3VLProcessor(images, tokenizer, Qwen3VLVideoProcessor(**sizes), chat_template=QWEN3_VL_CHAT_TEMPLATE
                      ).save_pretrained(transformers_folder)
-    transformer = Transformer(str(transformers_folder), processing_kwargs={"chat_template": {"add_generation_prompt": True}})
+    generation_prompt = {"chat_template": {"add_generation_prompt": True}}
+    transformer = Transformer(str(transformers_folder), processing_kwargs=generation_prompt)
     modules = [transformer, Pooling(32, "lasttoken"), Normalize()]
     SentenceTransformer(modules=modules, device="cpu").save(str(folder))
     return folder

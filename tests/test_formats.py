@@ -163,7 +163,8 @@ def authors_embeddings(state_dict, config, sbert_dir, vision_dir, pixels, texts)
         tokens = trunk.forward_features(pixels)
         pooled = tokens[:, trunk.num_prefix_tokens:].mean(dim=1)
         if config["vision_config"]["proj"] == "linear":
-            image = F.linear(pooled, state_dict["vision_model.head.proj.weight"], state_dict.get("vision_model.head.proj.bias"))
+            image = F.linear(pooled, state_dict["vision_model.head.proj.weight"],
+                             state_dict.get("vision_model.head.proj.bias"))
         else:
             hidden = F.gelu(F.linear(pooled, state_dict["vision_model.head.mlp.fc1.weight"],
                                      state_dict["vision_model.head.mlp.fc1.bias"]))
@@ -258,7 +259,8 @@ def test_freeze_image_blocks_on_any_timm_tower(architecture, kwargs, blocks, fro
 def test_data_dir_can_be_unset_from_the_command_line():
     from viclip_ot.arguments import parse_arguments
 
-    _, data, _, _ = parse_arguments(["configs/viclip_ot.yaml", "--dataset", "demo", "--data_dir", "", "--bf16", "false"])
+    flags = ["--dataset", "demo", "--data_dir", "", "--bf16", "false"]
+    _, data, _, _ = parse_arguments(["configs/viclip_ot.yaml", *flags])
     assert data.dataset == "demo" and data.data_dir is None
     _, data, _, _ = parse_arguments(["configs/viclip_ot.yaml", "--bf16", "false"])
     assert data.data_dir == "data/uit-openviic"
@@ -270,8 +272,8 @@ def test_model_card_names_hub_ids_rounds_values_and_titles_the_model(tower_dirs,
     from viclip_ot.model_card import write_model_card
 
     model = ViCLIPOTModel.from_towers(tower_dirs["convnext-official"][0], sbert_dir, projection_dim=16)
-    towers = ["vit_base_patch16_dinov3.lvd1689m", "keepitreal/vietnamese-sbert", "hf-hub:timm/convnext_base.dinov3_lvd1689m",
-              "convnext_atto", str(sbert_dir)]
+    towers = ["vit_base_patch16_dinov3.lvd1689m", "keepitreal/vietnamese-sbert",
+              "hf-hub:timm/convnext_base.dinov3_lvd1689m", "convnext_atto", str(sbert_dir)]
     write_model_card(tmp_path, model.config, model_name="viclip-ot-uit", results={"t2i_R@1": 28.599999999999998},
                      dataset_name="uit-openviic", base_models=towers)
     card = ModelCard.load(tmp_path / "README.md")
@@ -409,10 +411,10 @@ def test_qwen3_vl_embedding_teacher_through_sentence_transformers(tmp_path):
     computed here by hand: the chat (system: the instruction; user: the image or text; generation prompt), left
     padded, the last token's hidden state, L2-normalised."""
     from PIL import Image
+    from replicas import qwen3_vl_embedding
     from transformers import AutoModel as Auto
 
     from dataset_scripts.teacher_embeddings import QWEN3_VL_INSTRUCTION, compute_teacher_embeddings, load_teacher
-    from replicas import qwen3_vl_embedding
 
     folder = qwen3_vl_embedding(tmp_path / "Qwen3-VL-Embedding-2B")
     images = [Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (24, 36), (10, 90, 200))]

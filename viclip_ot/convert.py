@@ -74,7 +74,7 @@ def config_from_weights(state_dict, **config_kwargs):
         "vision_head_bias": "vision_head.proj.bias" in state_dict,
         "text_projection": "linear" if "text_projection.weight" in state_dict else "none",
         "text_projection_bias": "text_projection.bias" in state_dict,
-        "logit_scale_init_value": float(state_dict["logit_scale"]) if "logit_scale" in state_dict else math.log(1 / 0.07),
+        "logit_scale_init_value": float(state_dict.get("logit_scale", math.log(1 / 0.07))),
         "logit_bias_init_value": float(state_dict["logit_bias"]) if "logit_bias" in state_dict else None,
     }
     for key in ("vision_head.proj.weight", "text_projection.weight"):
@@ -102,8 +102,10 @@ def image_tower_settings(name):
 def read_release(source):
     """(config, state_dict) of a released model: a folder or a Hub id."""
     folder = Path(source)
-    config_file = folder / "config.json" if folder.is_dir() else Path(hf_hub_download(str(source), "config.json"))
-    weights = folder / "model.safetensors" if folder.is_dir() else Path(hf_hub_download(str(source), "model.safetensors"))
+    config_file, weights = (
+        (folder / name if folder.is_dir() else Path(hf_hub_download(str(source), name)))
+        for name in ("config.json", "model.safetensors")
+    )
     for path in (config_file, weights):
         if not path.is_file():
             raise FileNotFoundError(f"{source} is no release of the authors: {path.name} is missing")
@@ -134,7 +136,8 @@ def load_authors_model(source, text_tower=None, vision_model=None):
         text_tower = text_tower or release["text_config"]["model_name"]
         vision = release["vision_config"]
         vision_model = vision_model or vision["model_name"]
-        config_kwargs = {"vision_pooling": vision.get("pool", "avg"), "vision_head_dropout": vision.get("proj_dropout_rate", 0.0)}
+        config_kwargs = {"vision_pooling": vision.get("pool", "avg"),
+                         "vision_head_dropout": vision.get("proj_dropout_rate", 0.0)}
     state_dict = rename_authors_state_dict(state_dict)
     architecture, model_args = image_tower_settings(vision_model)
     processor = ViCLIPOTProcessor.from_text_tower(text_tower)
