@@ -228,6 +228,13 @@ def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs
     extra = authors_checkpoint(tmp_path / "extra.pth", {**state_dict, "vision_model.extra.weight": torch.zeros(1)})
     with pytest.raises(KeyError, match="image_encoder.extra.weight|vision_model.extra.weight"):
         load_authors_model(extra, **towers)
+    command = [sys.executable, "-m", "viclip_ot.convert", str(extra), str(tmp_path / "out"),
+               "--text-tower", str(sbert_dir), "--vision-model", str(vision_dir)]
+    result = subprocess.run(command, check=False, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("convert: error: ")
+    assert not (tmp_path / "out").exists()
     del state_dict["vision_model.trunk.cls_token"]
     missing = authors_checkpoint(tmp_path / "missing.pth", state_dict)
     with pytest.raises(KeyError, match="1 missing weights.*vision_model.cls_token"):

@@ -12,6 +12,7 @@ their config, or from `--vision-model` for a `.pth`. Heads, biases and the proje
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import timm
@@ -102,10 +103,13 @@ def image_tower_settings(name):
 def read_release(source):
     """(config, state_dict) of a released model: a folder or a Hub id."""
     folder = Path(source)
-    config_file, weights = (
-        (folder / name if folder.is_dir() else Path(hf_hub_download(str(source), name)))
-        for name in ("config.json", "model.safetensors")
-    )
+    try:
+        config_file, weights = (
+            (folder / name if folder.is_dir() else Path(hf_hub_download(str(source), name)))
+            for name in ("config.json", "model.safetensors")
+        )
+    except (OSError, ValueError) as error:  # offline and not cached, no such repository, a malformed id
+        raise FileNotFoundError(f"cannot read the authors' release {source}: {error}") from error
     for path in (config_file, weights):
         if not path.is_file():
             raise FileNotFoundError(f"{source} is no release of the authors: {path.name} is missing")
@@ -177,7 +181,10 @@ def main(argv=None):
     parser.add_argument("--vision-model", help="timm architecture, timm Hub id or folder (default: the release's; "
                         "vit_base_patch16_dinov3 for a .pth)")
     args = parser.parse_args(argv)
-    convert(args.source, args.output_dir, args.text_tower, args.vision_model)
+    try:
+        convert(args.source, args.output_dir, args.text_tower, args.vision_model)
+    except (OSError, KeyError, ValueError) as error:
+        sys.exit(f"convert: error: {error}")
     print(f"saved {args.output_dir}")
 
 
