@@ -6,7 +6,7 @@
     is computed on its per-row image embeddings with the positives and the teacher graph of the true images (see
     `per_row_loss`), which is the authors' formulation and costs the same as ours.
 (b) Peak memory of a 128-image step (5 captions each) with gradient caching in chunks of 16 images
-    (`viclip_ot.gradcache.cached_backward` over `viclip_ot.trainer.image_chunks`, as `ViCLIPOTTrainer` does)
+    (`viclip_ot.gradcache.cached_backward` over `viclip_ot.data.gradcache_chunks`, as `ViCLIPOTTrainer` does)
     against a plain 16-image step.
 (c) The loss's share of that 128-image step: CLIP + SIGROT (graph, Sinkhorn plan, KL) forward and backward to
     the embeddings and the logit scale.
@@ -63,7 +63,7 @@ from configuration_viclip_ot import VIETNAMESE_SBERT_CONFIG, ViCLIPOTConfig
 from modeling_viclip_ot import ViCLIPOTModel, same_image_mask
 from viclip_ot.gradcache import cached_backward
 from viclip_ot.losses import ContrastiveOTLoss, sigrot_loss, similarity_graph
-from viclip_ot.trainer import image_chunks
+from viclip_ot.data import gradcache_chunks
 
 RESULTS = Path(__file__).parent / "results" / "train_step.md"
 TEACHER_DIM = 2048
@@ -218,13 +218,14 @@ class Step:
             synchronize(self.args.device)
             marks["loss"] = time.perf_counter()
             image_embeds = torch.cat([images for images, _ in cached])
-            text_embeds = torch.cat([texts for _, texts in cached])
+            text_embeds = torch.cat([texts for _, texts in cached])[caption_order.argsort()]
             if capture is not None:
                 capture.update(image_embeds=image_embeds.detach().clone(), text_embeds=text_embeds.detach().clone(),
                                logit_scale=leaves[0].detach().clone())
             return project_loss(self.loss_fn, image_embeds, text_embeds, batch, leaves[0]), None
 
-        cached_backward(encode, image_chunks(batch, chunk_size), loss_function, [self.model.logit_scale])
+        chunks, caption_order = gradcache_chunks(batch, chunk_size)
+        cached_backward(encode, chunks, loss_function, [self.model.logit_scale])
         synchronize(self.args.device)
         end = time.perf_counter()
         self.phases = {
@@ -322,7 +323,7 @@ def worker_large(args):
     batch = make_batch(args.large_images, args.captions_per_image, args.device, seed=1)
     warm_up(step, args)
     captured = {}
-    chunks = len(image_chunks(batch, args.chunk_size))
+    chunks = len(gradcache_chunks(batch, args.chunk_size)[0])
     print(f"[large] {args.large_images}-image step, {chunks} chunks of {args.chunk_size}, "
           f"load average {load_average()}", flush=True)
     result = {"captions": int(batch["input_ids"].shape[0]), "chunks": chunks,
@@ -507,7 +508,7 @@ def report(args, raw):
            "the step; 'extra' = that peak minus the resident size just before the step: activations, gradients, "
            "optimizer temporaries and freed-but-kept allocator memory)." if args.device != "cuda" else
            "Memory: `torch.cuda.max_memory_allocated`, reset just before the step.")
-        + " The cached step is `viclip_ot.gradcache.cached_backward` over `viclip_ot.trainer.image_chunks`, "
+        + " The cached step is `viclip_ot.gradcache.cached_backward` over `viclip_ot.data.gradcache_chunks`, "
         "with the same encode/loss functions as `ViCLIPOTTrainer.training_step`; one run only (it is long on a CPU).",
         "",
         f"## (c) The loss's share of the {args.large_images}-image step ({large['captions']} captions)",

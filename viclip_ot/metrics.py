@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 CHUNK_SIZE = 1024  # captions scored against all images at once
-BLOCK_SIZE = 512  # captions per block when reading each image's best caption score beforehand
+BLOCK_SIZE = 64  # captions per block when reading each image's best caption score beforehand
 
 
 class Ranks(NamedTuple):
@@ -86,7 +86,7 @@ def retrieval_ranks(image_embeds, text_embeds, caption_image_index, chunk_size: 
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     x, y, idx = check_embeddings(image_embeds, text_embeds, caption_image_index)
-    best = _best_caption_scores(x, y, idx)
+    best = _best_caption_scores(x, y, idx, chunk_size)
     best_in_pass = torch.full_like(best, -torch.inf)
     at_or_above_best = torch.zeros_like(best)  # per image: captions scoring >= its best caption, its own included
     positives, text_to_image = [], []
@@ -155,18 +155,28 @@ def retrieval_metrics(
     return out
 
 
-def _best_caption_scores(x, y, idx):
-    """Each image's best caption score, from blocks of `BLOCK_SIZE` captions (grouped by image) against the images
-    they describe: a small fraction of the full product when there are many images."""
+def _best_caption_scores(x, y, idx, chunk_size):
+    """Each image's best caption score, from blocks of `BLOCK_SIZE` captions (grouped by image) against the few
+    images they describe, `chunk_size` captions per batched product: a small fraction of the full product."""
     order = torch.argsort(idx, stable=True)
     sorted_idx = idx[order]
+    grouped = y if torch.equal(sorted_idx, idx) else y[order]  # captions as `encode_corpus` lays them out: no copy
     best = torch.full((len(x),), -torch.inf, device=x.device)
-    for start in range(0, len(y), BLOCK_SIZE):
-        block = order[start : start + BLOCK_SIZE]
-        images = sorted_idx[start : start + BLOCK_SIZE]
-        first, last = int(images[0]), int(images[-1])
-        scores = torch.matmul(y[block], x[first : last + 1].T)
-        best.scatter_reduce_(0, images, scores.gather(1, (images - first)[:, None])[:, 0], "amax")
+    step = max(BLOCK_SIZE, chunk_size // BLOCK_SIZE * BLOCK_SIZE)
+    for start in range(0, len(y), step):
+        stop = min(start + step, len(y))
+        full = start + (stop - start) // BLOCK_SIZE * BLOCK_SIZE
+        for first_row, last_row, rows in ((start, full, BLOCK_SIZE), (full, stop, stop - full)):
+            if last_row == first_row:
+                continue
+            images = sorted_idx[first_row:last_row].view(-1, rows)
+            first = images[:, :1]
+            window = (first + torch.arange(int((images[:, -1:] - first).max()) + 1, device=x.device)).clamp(
+                max=len(x) - 1
+            )
+            scores = torch.bmm(grouped[first_row:last_row].view(-1, rows, y.shape[1]), x[window].transpose(1, 2))
+            positive = scores.gather(2, (images - first)[:, :, None]).flatten()
+            best.scatter_reduce_(0, images.flatten(), positive, "amax")
     return best
 
 
