@@ -92,14 +92,15 @@ def retrieval_ranks(image_embeds, text_embeds, caption_image_index, chunk_size: 
     positives, text_to_image = [], []
     scores_buffer = y.new_empty(min(chunk_size, len(y)), len(x))  # reused: no allocator churn
     mask_buffer = torch.empty_like(scores_buffer)
+    ones = scores_buffer.new_ones(len(scores_buffer))
     for start in range(0, len(y), chunk_size):
         stop = min(start + chunk_size, len(y))
         scores = torch.matmul(y[start:stop], x.T, out=scores_buffer[: stop - start])
         positive = scores.gather(1, idx[start:stop, None])
         best_in_pass.scatter_reduce_(0, idx[start:stop], positive[:, 0], "amax")
         # Comparing into a float buffer (1.0 / 0.0) and summing in float32 is exact below 2**24 rows or columns and
-        # avoids the int64 copy that summing a bool mask makes.
-        at_or_above_best += torch.ge(scores, best, out=mask_buffer[: stop - start]).sum(0)
+        # avoids the int64 copy that summing a bool mask makes; the column sums are a matrix-vector product.
+        at_or_above_best.addmv_(torch.ge(scores, best, out=mask_buffer[: stop - start]).T, ones[: stop - start])
         text_to_image.append(scores.ge_(positive).sum(1).long())  # counts the correct image itself
         positives.append(positive[:, 0])
     positives = torch.cat(positives)
@@ -157,12 +158,12 @@ def retrieval_metrics(
 
 def _best_caption_scores(x, y, idx, chunk_size):
     """Each image's best caption score, from blocks of `BLOCK_SIZE` captions (grouped by image) against the few
-    images they describe, `chunk_size` captions per batched product: a small fraction of the full product."""
+    images they describe, in batched products no larger than a chunk of the pass: a small fraction of its work."""
     order = torch.argsort(idx, stable=True)
     sorted_idx = idx[order]
     grouped = y if torch.equal(sorted_idx, idx) else y[order]  # captions as `encode_corpus` lays them out: no copy
     best = torch.full((len(x),), -torch.inf, device=x.device)
-    step = max(BLOCK_SIZE, chunk_size // BLOCK_SIZE * BLOCK_SIZE)
+    step = max(BLOCK_SIZE, chunk_size * len(x) // y.shape[1] // BLOCK_SIZE * BLOCK_SIZE)  # images gathered <= chunk
     for start in range(0, len(y), step):
         stop = min(start + step, len(y))
         full = start + (stop - start) // BLOCK_SIZE * BLOCK_SIZE
@@ -210,3 +211,26 @@ def _alignment_and_gap(x, y, idx, positive_scores):
         "alignment_per_image": float((per_caption_weight * positive_scores).sum() / len(x)),
         "modality_gap_per_image": float(torch.linalg.vector_norm((per_caption_weight @ y) / len(x) - x.mean(0))),
     }
+
+
+TABLE_COLUMNS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "avg_R", "alignment", "modality_gap")
+
+
+def format_metrics_table(rows: dict[str, dict]) -> str:
+    """A Markdown table laid out like the paper's: one row per `{name: retrieval_metrics dict}` entry, recalls in
+    percent (image->text, text->image, their average), then alignment and modality gap; a metric with a
+    `<metric>_ci95` interval shows it as `value [low, high]`."""
+    header = "| | " + " | ".join(TABLE_COLUMNS) + " |\n|---|" + "---:|" * len(TABLE_COLUMNS)
+    lines = [header]
+    for name, metrics in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(metrics, key) for key in TABLE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _cell(metrics, key):
+    digits = 4 if key in ("alignment", "modality_gap") else 2
+    cell = f"{metrics[key]:.{digits}f}"
+    if f"{key}_ci95" in metrics:
+        low, high = metrics[f"{key}_ci95"]
+        cell += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return cell
