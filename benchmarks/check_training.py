@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import torch
-
 from _measure import environment
+
 from modeling_viclip_ot import ViCLIPOTModel
 
 
@@ -47,7 +47,7 @@ def main():
         f"- {len(losses)} logged losses, first {losses[0]:.4f}, last {losses[-1]:.4f}, all finite: "
         f"{'yes' if finite else 'NO'}" if losses else "- no loss was logged",
         f"- text tower attention: `{model.text_model.config._attn_implementation}`; image tower blocks: "
-        f"{', '.join(f'{name} (fused scaled_dot_product_attention: {fused})' for name, fused in vision_attention.items())}",
+        + ", ".join(f"{name} (fused scaled_dot_product_attention: {on})" for name, on in vision_attention.items()),
         f"- run with: {args.settings}",
     ]
     text = "\n".join(lines)

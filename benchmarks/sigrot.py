@@ -140,11 +140,11 @@ def main():
         device = torch.cuda.get_device_name() if args.device == "cuda" else \
             f"CPU ({platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
         lines = [
-            f"SIGROT plan + loss + backward on {device}, float32, reg 0.05, reg_m 0.5, tol 1e-6, at most 200 "
-            f"iterations; torch {torch.__version__}, POT {ot.__version__}; best of {args.repeats} runs.",
+            (f"SIGROT plan + loss + backward on {device}, float32, reg 0.05, reg_m 0.5, tol 1e-6, at most 200 "
+            f"iterations; torch {torch.__version__}, POT {ot.__version__}; best of {args.repeats} runs."),
             "",
-            "| N captions | ours: time / peak memory | POT torch backend: time / peak memory | speed-up "
-            "| max abs plan difference |",
+            ("| N captions | ours: time / peak memory | POT torch backend: time / peak memory | speed-up "
+            "| max abs plan difference |"),
             "|---|---|---|---|---|",
         ]
         print("\n".join(lines), flush=True)

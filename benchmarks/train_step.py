@@ -35,6 +35,7 @@ The raw results go to a .json beside the Markdown; `--only small|large` measures
 """
 
 import argparse
+import functools
 import gc
 import json
 import time
@@ -42,7 +43,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from _measure import (
     cpu_usage,
     environment,
@@ -59,11 +59,12 @@ from _measure import (
     synchronize,
     time_call,
 )
+
 from configuration_viclip_ot import VIETNAMESE_SBERT_CONFIG, ViCLIPOTConfig
 from modeling_viclip_ot import ViCLIPOTModel, same_image_mask
+from viclip_ot.data import gradcache_chunks
 from viclip_ot.gradcache import cached_backward
 from viclip_ot.losses import ContrastiveOTLoss, sigrot_loss, similarity_graph
-from viclip_ot.data import gradcache_chunks
 
 RESULTS = Path(__file__).parent / "results" / "train_step.md"
 TEACHER_DIM = 2048
@@ -288,7 +289,7 @@ def worker_small(args):
                                       ("per_caption", step.per_caption, args.baseline_repeats)):
             if index >= count:
                 continue
-            runs[name].append(measured(step, lambda: function(batch), args))
+            runs[name].append(measured(step, functools.partial(function, batch), args))
             print(f"[small] {name} run {index + 1}/{count}: {describe(runs[name][-1])}, "
                   f"load average {load_average()}", flush=True)
     result["runs"] = runs
@@ -307,7 +308,7 @@ def worker_small(args):
     for index in range(args.repeats):
         for kind in ("image", "text"):
             usage = cpu_usage()
-            seconds, _ = time_call(lambda: tower(kind), args.device)
+            seconds, _ = time_call(functools.partial(tower, kind), args.device)
             cpu_seconds = sum(cpu_usage()[:2]) - sum(usage[:2])
             result["towers"][kind].append(seconds)
             result["towers_cpu"][kind].append(cpu_seconds)
@@ -327,7 +328,7 @@ def worker_large(args):
     print(f"[large] {args.large_images}-image step, {chunks} chunks of {args.chunk_size}, "
           f"load average {load_average()}", flush=True)
     result = {"captions": int(batch["input_ids"].shape[0]), "chunks": chunks,
-              "step": measured(step, lambda: step.cached(batch, args.chunk_size, captured), args)}
+              "step": measured(step, functools.partial(step.cached, batch, args.chunk_size, captured), args)}
     print(f"[large]   {describe(result['step'])}", flush=True)
     del model, optimizer, step
     gc.collect()
@@ -474,12 +475,12 @@ def report(args, raw):
         + ("" if args.device == "cuda" else " Only CPU figures: no GPU on this machine; `--device cuda --dtype bf16` "
            "measures bf16 autocast on one."),
         "",
-        f"## (a) Each image encoded once vs once per caption ({args.images} images x {args.captions_per_image} "
-        "captions)",
+        (f"## (a) Each image encoded once vs once per caption ({args.images} images x {args.captions_per_image} "
+        "captions)"),
         "",
         table_a,
         "",
-        f"Speed-up of the whole step: **{speedup:.2f}x** (goal >= 3x: {verdict(speedup >= 3)}); "
+        (f"Speed-up of the whole step: **{speedup:.2f}x** (goal >= 3x: {verdict(speedup >= 3)}); "
         f"forward + loss + backward alone: {encode_speedup:.2f}x. Less disturbed by the other processes on this "
         f"machine, the ratio of the process's CPU time (user + system): {cpu_speedup:.2f}x; user time alone: "
         f"{user_speedup:.2f}x. Medians of {len(design)} (this project) and "
@@ -491,12 +492,12 @@ def report(args, raw):
         f"Peak RSS (whole process): this project's is the first {args.images}-image step of the fresh process, "
         "as in (b); the "
         "authors' layout's, the highest over its runs (they followed this project's steps in the same process, whose "
-        "freed memory they reuse).",
+        "freed memory they reuse)."),
         "",
         towers_line,
         "",
-        f"## (b) Peak memory: {args.large_images}-image step with gradient caching vs a plain "
-        f"{args.images}-image step",
+        (f"## (b) Peak memory: {args.large_images}-image step with gradient caching vs a plain "
+        f"{args.images}-image step"),
         "",
         table_b,
         "",

@@ -3,9 +3,9 @@ length-sorted chunks; embeddings, losses and gradients stay those of the unsorte
 
 import pytest
 import torch
-
 from conftest import VIETNAMESE_TEXTS
 from training_setup import demo_split, gradients, make_trainer, random_teacher, small_model
+
 from viclip_ot.data import gradcache_chunks, trim_padding
 
 
@@ -71,7 +71,8 @@ def test_grouped_cached_step_equals_the_plain_full_batch_step(batch_and_model):
                                         model.logit_bias)
     outputs = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"])
-    trainer._batch_loss(outputs.image_embeds, outputs.text_embeds, batch, model.logit_scale, model.logit_bias).backward()
+    loss = trainer._batch_loss(outputs.image_embeds, outputs.text_embeds, batch, model.logit_scale, model.logit_bias)
+    loss.backward()
     expected = gradients(model)
     model.zero_grad()
     loss = trainer.training_step(model, batch)

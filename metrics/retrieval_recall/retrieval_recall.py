@@ -48,7 +48,7 @@ class RetrievalRecall(evaluate.Metric):
 
     def _compute(self, text_embeds, image_embeds, caption_image_index, **kwargs):
         image_embeds = np.asarray(image_embeds, dtype=np.float32)
-        ids, first_row, index = np.unique(np.asarray(caption_image_index), return_index=True, return_inverse=True)
+        _, first_row, index = np.unique(np.asarray(caption_image_index), return_index=True, return_inverse=True)
         unique_images = image_embeds[first_row]
         if not np.allclose(image_embeds, unique_images[index], rtol=0, atol=1e-3):
             raise ValueError("rows with the same caption_image_index carry different image_embeds")
