@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu.sh            # on a machine with a CUDA GPU and the project installed (pip install -e .[dev])
 #   bash benchmarks/gpu.sh --smoke    # tiny sizes on the CPU (fp32 where the CPU lacks fast bf16): checks every step
 #
+#   ONLY=sigrot,eval_scoring bash benchmarks/gpu.sh    # some steps only (names as above, train_small_check too)
+#
 # A step that fails is reported and the others still run; the exit status is the number of failed steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,7 @@ failed=0
 step() {  # step NAME TIMEOUT_SECONDS COMMAND...: run it, log to $RESULTS/NAME.log, report
     local name=$1 limit=$2
     shift 2
+    [[ -n "${ONLY:-}" && ",$ONLY," != *",$name,"* ]] && return
     local start=$SECONDS
     echo "=== $name ($(date -u +%H:%M:%S) UTC)"
     if timeout "$limit" "$@" >"$RESULTS/$name.log" 2>&1; then
@@ -51,7 +54,8 @@ if (( SMOKE )); then
     step eval_scoring 300 $PYTHON benchmarks/eval_scoring.py --smoke --output "$RESULTS/eval_scoring.md"
     step padding 300 $PYTHON benchmarks/padding.py --smoke --output "$RESULTS/padding.md"
     TRAIN_STEPS=4  # torch.compile takes minutes on a small CPU: left out of the smoke run
-    TRAIN_OPTIONS=(--torch_compile false --use_cpu true --per_device_train_batch_size 8 --gradcache_chunk_size 4)
+    TRAIN_OPTIONS=(--torch_compile false --use_cpu true --per_device_train_batch_size 8 --gradcache_chunk_size 4
+                   --logging_steps 1)
 else
     step encode 120 $PYTHON benchmarks/encode.py --device cuda --dtype bf16 --image-batch 256 --text-batch 512 \
         --warmup 2 --repeats 5 --output "$RESULTS/encode.md"
@@ -62,12 +66,12 @@ else
     step padding 60 $PYTHON benchmarks/padding.py --device cuda --dtype bf16 --output "$RESULTS/padding.md"
     TRAIN_STEPS=300
     TRAIN_OPTIONS=(--torch_compile true --use_cpu false --bf16 true --per_device_train_batch_size 64 \
-        --gradcache_chunk_size 32)
+        --gradcache_chunk_size 32 --logging_steps 10)
 fi
 # The demo's small towers on the demo corpus: bf16 autocast, torch.compile, SDPA attention, a few hundred steps.
 step train_small 240 $PYTHON train.py configs/demo.yaml --output_dir "$RESULTS/train_small" \
     --max_steps "$TRAIN_STEPS" --eval_strategy no --save_strategy no \
-    --load_best_model_at_end false --test_split "" --logging_steps 10 --dataloader_num_workers 2 "${TRAIN_OPTIONS[@]}"
+    --load_best_model_at_end false --test_split "" --dataloader_num_workers 2 "${TRAIN_OPTIONS[@]}"
 step train_small_check 60 $PYTHON benchmarks/check_training.py "$RESULTS/train_small.log" "$RESULTS/train_small/final" \
     --output "$RESULTS/train_small.md" --settings "$TRAIN_STEPS steps, ${TRAIN_OPTIONS[*]}"
 
