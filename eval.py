@@ -21,7 +21,8 @@ from accelerate import Accelerator
 from dataset_scripts import CORPORA, CorpusError
 from dataset_scripts.loading import parse_option
 from viclip_ot.encoders import EncoderError, load_encoder
-from viclip_ot.evaluation import EvalSet, evaluate_encoder, format_metrics_table, paper_suite
+from viclip_ot.evaluation import EvalSet, evaluate_encoder, paper_suite
+from viclip_ot.metrics import format_metrics_table
 
 
 def parse_args(argv=None):

@@ -387,10 +387,12 @@ class ViCLIPOTModel(PreTrainedModel):
 
     @torch.no_grad()
     def encode_text(self, texts, batch_size=32, show_progress_bar=None) -> torch.Tensor:
-        """L2-normalised float32 embeddings (on the CPU) of texts, `batch_size` at a time."""
-        if isinstance(texts, str):
-            texts = [texts]
-        return self._encode(list(texts), batch_size, show_progress_bar, "texts")
+        """L2-normalised float32 embeddings (on the CPU) of texts, `batch_size` at a time, one row per text in input
+        order. Texts are batched longest first (by characters), so each batch pads little."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        order = sorted(range(len(texts)), key=lambda row: -len(texts[row]))
+        embeds = self._encode([texts[row] for row in order], batch_size, show_progress_bar, "texts")
+        return embeds[torch.argsort(torch.tensor(order, dtype=torch.long))]
 
     def _encode(self, items, batch_size, show_progress_bar, kind):
         processor = self._processor_or_error()

@@ -18,7 +18,7 @@ from processing_viclip_ot import ViCLIPOTProcessor
 from viclip_ot.arguments import parse_arguments
 from viclip_ot.data import ContrastiveCollator, train_transform
 from viclip_ot.losses import ContrastiveOTLoss
-from viclip_ot.evaluation import format_metrics_table
+from viclip_ot.metrics import format_metrics_table
 from viclip_ot.towers import save_small_text_tower, small_config, small_image_tower_kwargs
 from viclip_ot.trainer import ViCLIPOTTrainer, freeze
 

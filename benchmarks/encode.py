@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from _measure import (
     CAPTION_TOKENS,
     environment,
@@ -30,6 +29,7 @@ from _measure import (
     repeat_timing,
     spread,
 )
+
 from configuration_viclip_ot import ViCLIPOTConfig
 from modeling_viclip_ot import ViCLIPOTModel
 
@@ -69,8 +69,8 @@ def benchmark(model, device, dtype, args, generator):
     for kind, function, batch, shape in (
         ("images", encode_images, args.image_batch, "224x224"),
         ("texts", encode_texts, args.text_batch,
-         f"{CAPTION_TOKENS[0]}-{CAPTION_TOKENS[1]} tokens (mean {attention_mask.sum(1).float().mean():.1f}), "
-         f"padded to {input_ids.shape[1]}"),
+         (f"{CAPTION_TOKENS[0]}-{CAPTION_TOKENS[1]} tokens (mean {attention_mask.sum(1).float().mean():.1f}), "
+         f"padded to {input_ids.shape[1]}")),
     ):
         print(f"{device} {dtype} {kind}: batch {batch} (load average {load_average()})", flush=True)
         cpu_times = []
@@ -121,16 +121,16 @@ def main():
     text = "\n".join([
         "# Encoding throughput",
         "",
-        f"{environment('cuda' if any(d == 'cuda' for d, _ in cases(args)) else 'cpu')}; "
-        f"load average (1/5/15 min) {load_before} at the start, {load_average()} at the end.",
+        (f"{environment('cuda' if any(d == 'cuda' for d, _ in cases(args)) else 'cpu')}; "
+        f"load average (1/5/15 min) {load_before} at the start, {load_average()} at the end."),
         "",
-        f"Paper-size model (DINOv3 ViT-B/16 + PhoBERT-base, {parameters / 1e6:.1f} M parameters, random weights), "
+        (f"Paper-size model (DINOv3 ViT-B/16 + PhoBERT-base, {parameters / 1e6:.1f} M parameters, random weights), "
         "eval mode, `torch.inference_mode()`, `get_image_features` / `get_text_features` + L2 normalisation on "
         "random inputs (preprocessing not timed). Texts: random token ids, lengths drawn uniformly from "
         f"{CAPTION_TOKENS[0]}-{CAPTION_TOKENS[1]} PhoBERT tokens (<s> and </s> included), padded to the longest "
         f"caption of the batch. {args.warmup} warm-up batch(es), then the median of {args.repeats} timed batches; "
         "range = fastest-slowest timed batch. CPU s = the process's user + system CPU time per batch (all threads): "
-        f"about {torch.get_num_threads()} x the wall-clock time when no other process competed for the cores.",
+        f"about {torch.get_num_threads()} x the wall-clock time when no other process competed for the cores."),
         "",
         markdown_table(HEADERS, rows),
         "",

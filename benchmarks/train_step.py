@@ -6,7 +6,7 @@
     is computed on its per-row image embeddings with the positives and the teacher graph of the true images (see
     `per_row_loss`), which is the authors' formulation and costs the same as ours.
 (b) Peak memory of a 128-image step (5 captions each) with gradient caching in chunks of 16 images
-    (`viclip_ot.gradcache.cached_backward` over `viclip_ot.trainer.image_chunks`, as `ViCLIPOTTrainer` does)
+    (`viclip_ot.gradcache.cached_backward` over `viclip_ot.data.gradcache_chunks`, as `ViCLIPOTTrainer` does)
     against a plain 16-image step.
 (c) The loss's share of that 128-image step: CLIP + SIGROT (graph, Sinkhorn plan, KL) forward and backward to
     the embeddings and the logit scale.
@@ -35,6 +35,7 @@ The raw results go to a .json beside the Markdown; `--only small|large` measures
 """
 
 import argparse
+import functools
 import gc
 import json
 import time
@@ -42,7 +43,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from _measure import (
     cpu_usage,
     environment,
@@ -59,11 +59,12 @@ from _measure import (
     synchronize,
     time_call,
 )
+
 from configuration_viclip_ot import VIETNAMESE_SBERT_CONFIG, ViCLIPOTConfig
 from modeling_viclip_ot import ViCLIPOTModel, same_image_mask
+from viclip_ot.data import gradcache_chunks
 from viclip_ot.gradcache import cached_backward
 from viclip_ot.losses import ContrastiveOTLoss, sigrot_loss, similarity_graph
-from viclip_ot.trainer import image_chunks
 
 RESULTS = Path(__file__).parent / "results" / "train_step.md"
 TEACHER_DIM = 2048
@@ -218,13 +219,14 @@ class Step:
             synchronize(self.args.device)
             marks["loss"] = time.perf_counter()
             image_embeds = torch.cat([images for images, _ in cached])
-            text_embeds = torch.cat([texts for _, texts in cached])
+            text_embeds = torch.cat([texts for _, texts in cached])[caption_order.argsort()]
             if capture is not None:
                 capture.update(image_embeds=image_embeds.detach().clone(), text_embeds=text_embeds.detach().clone(),
                                logit_scale=leaves[0].detach().clone())
             return project_loss(self.loss_fn, image_embeds, text_embeds, batch, leaves[0]), None
 
-        cached_backward(encode, image_chunks(batch, chunk_size), loss_function, [self.model.logit_scale])
+        chunks, caption_order = gradcache_chunks(batch, chunk_size)
+        cached_backward(encode, chunks, loss_function, [self.model.logit_scale])
         synchronize(self.args.device)
         end = time.perf_counter()
         self.phases = {
@@ -287,7 +289,7 @@ def worker_small(args):
                                       ("per_caption", step.per_caption, args.baseline_repeats)):
             if index >= count:
                 continue
-            runs[name].append(measured(step, lambda: function(batch), args))
+            runs[name].append(measured(step, functools.partial(function, batch), args))
             print(f"[small] {name} run {index + 1}/{count}: {describe(runs[name][-1])}, "
                   f"load average {load_average()}", flush=True)
     result["runs"] = runs
@@ -306,7 +308,7 @@ def worker_small(args):
     for index in range(args.repeats):
         for kind in ("image", "text"):
             usage = cpu_usage()
-            seconds, _ = time_call(lambda: tower(kind), args.device)
+            seconds, _ = time_call(functools.partial(tower, kind), args.device)
             cpu_seconds = sum(cpu_usage()[:2]) - sum(usage[:2])
             result["towers"][kind].append(seconds)
             result["towers_cpu"][kind].append(cpu_seconds)
@@ -322,11 +324,11 @@ def worker_large(args):
     batch = make_batch(args.large_images, args.captions_per_image, args.device, seed=1)
     warm_up(step, args)
     captured = {}
-    chunks = len(image_chunks(batch, args.chunk_size))
+    chunks = len(gradcache_chunks(batch, args.chunk_size)[0])
     print(f"[large] {args.large_images}-image step, {chunks} chunks of {args.chunk_size}, "
           f"load average {load_average()}", flush=True)
     result = {"captions": int(batch["input_ids"].shape[0]), "chunks": chunks,
-              "step": measured(step, lambda: step.cached(batch, args.chunk_size, captured), args)}
+              "step": measured(step, functools.partial(step.cached, batch, args.chunk_size, captured), args)}
     print(f"[large]   {describe(result['step'])}", flush=True)
     del model, optimizer, step
     gc.collect()
@@ -473,12 +475,12 @@ def report(args, raw):
         + ("" if args.device == "cuda" else " Only CPU figures: no GPU on this machine; `--device cuda --dtype bf16` "
            "measures bf16 autocast on one."),
         "",
-        f"## (a) Each image encoded once vs once per caption ({args.images} images x {args.captions_per_image} "
-        "captions)",
+        (f"## (a) Each image encoded once vs once per caption ({args.images} images x {args.captions_per_image} "
+        "captions)"),
         "",
         table_a,
         "",
-        f"Speed-up of the whole step: **{speedup:.2f}x** (goal >= 3x: {verdict(speedup >= 3)}); "
+        (f"Speed-up of the whole step: **{speedup:.2f}x** (goal >= 3x: {verdict(speedup >= 3)}); "
         f"forward + loss + backward alone: {encode_speedup:.2f}x. Less disturbed by the other processes on this "
         f"machine, the ratio of the process's CPU time (user + system): {cpu_speedup:.2f}x; user time alone: "
         f"{user_speedup:.2f}x. Medians of {len(design)} (this project) and "
@@ -490,12 +492,12 @@ def report(args, raw):
         f"Peak RSS (whole process): this project's is the first {args.images}-image step of the fresh process, "
         "as in (b); the "
         "authors' layout's, the highest over its runs (they followed this project's steps in the same process, whose "
-        "freed memory they reuse).",
+        "freed memory they reuse)."),
         "",
         towers_line,
         "",
-        f"## (b) Peak memory: {args.large_images}-image step with gradient caching vs a plain "
-        f"{args.images}-image step",
+        (f"## (b) Peak memory: {args.large_images}-image step with gradient caching vs a plain "
+        f"{args.images}-image step"),
         "",
         table_b,
         "",
@@ -507,7 +509,7 @@ def report(args, raw):
            "the step; 'extra' = that peak minus the resident size just before the step: activations, gradients, "
            "optimizer temporaries and freed-but-kept allocator memory)." if args.device != "cuda" else
            "Memory: `torch.cuda.max_memory_allocated`, reset just before the step.")
-        + " The cached step is `viclip_ot.gradcache.cached_backward` over `viclip_ot.trainer.image_chunks`, "
+        + " The cached step is `viclip_ot.gradcache.cached_backward` over `viclip_ot.data.gradcache_chunks`, "
         "with the same encode/loss functions as `ViCLIPOTTrainer.training_step`; one run only (it is long on a CPU).",
         "",
         f"## (c) The loss's share of the {args.large_images}-image step ({large['captions']} captions)",

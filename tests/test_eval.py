@@ -24,8 +24,8 @@ from dataset_scripts.report import write_report
 from viclip_ot.bootstrap import bootstrap_intervals, per_image_statistics, weighted_metrics
 from viclip_ot.encoders import EncoderError, PairedEncoder, SentenceTransformersEncoder, TransformersEncoder
 from viclip_ot.encoders import load_encoder
-from viclip_ot.evaluation import format_metrics_table, paper_suite
-from viclip_ot.metrics import retrieval_metrics
+from viclip_ot.evaluation import paper_suite
+from viclip_ot.metrics import format_metrics_table, retrieval_metrics
 from viclip_ot.plots import project_2d
 from viclip_ot.towers import train_tokenizer
 

@@ -1,12 +1,18 @@
 """Tests of viclip_ot.metrics and the `evaluate` module metrics/retrieval_recall."""
 
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from viclip_ot import metrics
 from viclip_ot.metrics import retrieval_metrics
 
 METRIC_DIR = Path(__file__).resolve().parents[1] / "metrics" / "retrieval_recall"
@@ -81,10 +87,45 @@ def test_matches_brute_force_continuous_normalised():
 @pytest.mark.parametrize("seed", range(3))
 def test_chunked_equals_unchunked(seed):
     x, y, idx = random_gallery(seed, n_images=31)
-    whole = retrieval_metrics(x, y, idx, KS, image_chunk_size=10**6, text_chunk_size=10**6)
-    for sizes in [(1, 1), (2, 3), (7, 5)]:
-        chunked = retrieval_metrics(x, y, idx, KS, image_chunk_size=sizes[0], text_chunk_size=sizes[1])
-        assert chunked == whole
+    whole = retrieval_metrics(x, y, idx, KS, chunk_size=10**6)
+    for size in (1, 2, 7, 50):
+        assert retrieval_metrics(x, y, idx, KS, chunk_size=size) == whole
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_pass_ranks_match_brute_force(seed, monkeypatch):
+    """The ranks themselves, with small blocks so that one image's captions span several blocks and chunks."""
+    monkeypatch.setattr(metrics, "BLOCK_SIZE", 5)
+    x, y, idx = random_gallery(seed, n_images=37)
+    scores = x.double() @ y.double().T
+    correct = torch.as_tensor(idx)[None, :] == torch.arange(len(x))[:, None]
+    best = torch.where(correct, scores, -torch.inf).amax(1, keepdim=True)
+    i2t = 1 + ((scores >= best) & ~correct).sum(1)
+    positive = scores.gather(0, torch.as_tensor(idx)[None, :])
+    t2i = (scores >= positive).sum(0)
+    ranks = metrics.retrieval_ranks(x, y, idx, chunk_size=11)
+    assert torch.equal(ranks.image_to_text, i2t) and torch.equal(ranks.text_to_image, t2i)
+
+
+def test_best_scores_that_disagree_with_the_pass_are_reranked(monkeypatch):
+    """An image whose best caption score from the blocks differs from the pass's value (float rounding of a
+    differently shaped product) is ranked again from its row: same metrics as with exact block values."""
+    x, y, idx = random_gallery(3, n_images=29)
+    expected = retrieval_metrics(x, y, idx, KS, chunk_size=13)
+    exact = metrics._best_caption_scores
+    off = torch.arange(len(x)) % 2 == 0
+    nudged = []
+
+    def rounded_differently(*args):
+        best = exact(*args)
+        # Half the images off by one unit in the last place, up or down: the counts against them go wrong.
+        shifted = torch.where(off & (torch.arange(len(x)) % 4 == 0), best.nextafter(best + 1), best.nextafter(best - 1))
+        nudged.append(True)
+        return torch.where(off, shifted, best)
+
+    monkeypatch.setattr(metrics, "_best_caption_scores", rounded_differently)
+    assert retrieval_metrics(x, y, idx, KS, chunk_size=13) == expected
+    assert nudged
 
 
 def test_hand_made_example():
@@ -156,6 +197,32 @@ def test_evaluate_module_loads_offline_and_matches(monkeypatch, tmp_path):
         metric.compute(text_embeds=y, image_embeds=x[idx] + torch.rand(len(idx), 1), caption_image_index=idx)
 
 
+def test_evaluate_module_loads_without_the_repository(tmp_path):
+    """A copy of the module folder (links resolved, as an upload makes it) loads where `viclip_ot` cannot be
+    imported, and scores as `retrieval_metrics` does."""
+    pytest.importorskip("evaluate")
+    folder = tmp_path / "retrieval_recall"
+    shutil.copytree(METRIC_DIR, folder)  # follows the link to viclip_ot/metrics.py
+    x, y, idx = random_gallery(4)
+    np.savez(tmp_path / "gallery.npz", x=x.numpy(), y=y.numpy(), idx=idx)
+    script = f"""
+import json, sys
+import numpy as np
+sys.modules["viclip_ot"] = None  # importing it fails
+import evaluate
+gallery = np.load({str(tmp_path / "gallery.npz")!r})
+metric = evaluate.load({str(folder)!r}, cache_dir={str(tmp_path / "cache")!r})
+x, y, idx = gallery["x"], gallery["y"], gallery["idx"]
+print(json.dumps(metric.compute(text_embeds=y, image_embeds=x[idx], caption_image_index=idx, ks={KS!r})))
+"""
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=environment, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == retrieval_metrics(x, y, idx, KS)
+
+
 @pytest.mark.parametrize(
     ("images", "texts", "index", "kwargs", "message"),
     [
@@ -167,7 +234,7 @@ def test_evaluate_module_loads_offline_and_matches(monkeypatch, tmp_path):
         ((3, 4), (4, 4), [0.0, 1.0, 2.0, 2.0], {}, "integers"),
         ((3, 4), (4,), [0, 1, 2, 2], {}, "2-D"),
         ((3, 4), (4, 4), [0, 1, 2, 2], {"ks": (0, 5)}, "ks"),
-        ((3, 4), (4, 4), [0, 1, 2, 2], {"text_chunk_size": 0}, "chunk sizes"),
+        ((3, 4), (4, 4), [0, 1, 2, 2], {"chunk_size": 0}, "chunk_size"),
     ],
 )
 def test_bad_input_raises(images, texts, index, kwargs, message):

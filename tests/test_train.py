@@ -28,11 +28,12 @@ def corpus(tmp_path_factory):
 
 def _plain_gradients(model, trainer, batch, chunk_size):
     """Reference: one ordinary autograd graph over the same chunked forward passes (same random draws)."""
-    from viclip_ot.trainer import image_chunks
+    from viclip_ot.data import gradcache_chunks
 
-    outputs = [model(**chunk) for chunk in image_chunks(batch, chunk_size)]
+    chunks, caption_order = gradcache_chunks(batch, chunk_size)
+    outputs = [model(**chunk) for chunk in chunks]
     images = torch.cat([o.image_embeds for o in outputs])
-    texts = torch.cat([o.text_embeds for o in outputs])
+    texts = torch.cat([o.text_embeds for o in outputs])[caption_order.argsort()]
     trainer._batch_loss(images, texts, batch, model.logit_scale, model.logit_bias).backward()
     return gradients(model)
 

@@ -9,17 +9,15 @@ per-image statistics and a thousand resamples take one matrix product.
 import numpy as np
 import torch
 
-from .metrics import _image_to_text_ranks, _text_to_image_ranks, _validated
-
-IMAGE_CHUNK_SIZE, TEXT_CHUNK_SIZE = 256, 1024  # scoring chunks; they do not change the ranks
+from .metrics import check_embeddings, retrieval_ranks
 
 
 def per_image_statistics(image_embeds, text_embeds, caption_image_index, ks=(1, 5, 10)) -> dict[str, np.ndarray]:
     """Per-image sums the metrics are made of: caption counts, image->text hits and ranks, text->image hits and
     rank sums over the image's captions, and the alignment and modality-gap terms."""
-    x, y, idx = _validated(image_embeds, text_embeds, caption_image_index, ks)
-    i2t = _image_to_text_ranks(x, y, idx, IMAGE_CHUNK_SIZE).double()
-    t2i = _text_to_image_ranks(x, y, idx, TEXT_CHUNK_SIZE).double()
+    x, y, idx = check_embeddings(image_embeds, text_embeds, caption_image_index)
+    ranks = retrieval_ranks(x, y, idx)
+    i2t, t2i = ranks.image_to_text.double(), ranks.text_to_image.double()
     n_images = x.shape[0]
 
     def per_image(values):

@@ -65,3 +65,32 @@ class ContrastiveCollator:
             image_rows, text_rows = self.teacher.lookup([row["image_id"] for row in rows])
             batch["teacher_image_embeds"], batch["teacher_text_embeds"] = image_rows, text_rows
         return batch
+
+
+def trim_padding(input_ids, attention_mask):
+    """Drop the trailing columns that are padding in every row (right padding): the rows' embeddings stay the same,
+    the text tower does less work."""
+    length = int(attention_mask.any(0).nonzero().max()) + 1 if attention_mask.any() else 1
+    return input_ids[:, :length], attention_mask[:, :length]
+
+
+def gradcache_chunks(inputs, chunk_size):
+    """Chunks of a contrastive batch for gradient caching, and the order of the captions in them.
+
+    Chunk j holds images `j * chunk_size` to `(j + 1) * chunk_size` of the batch and the j-th of as many groups of
+    captions sorted by token count, each trimmed to its longest caption, so the text tower computes little padding.
+    The batch is the same set of images and captions: text embeddings concatenated over the chunks are in the order
+    `caption_order` (batch positions); index them with `caption_order.argsort()` to restore the batch order.
+    """
+    n_chunks = -(-inputs["pixel_values"].shape[0] // chunk_size)
+    caption_order = torch.argsort(inputs["attention_mask"].sum(1), stable=True)
+    chunks = []
+    for index, captions in enumerate(torch.tensor_split(caption_order, n_chunks)):
+        input_ids, attention_mask = trim_padding(inputs["input_ids"][captions], inputs["attention_mask"][captions])
+        chunks.append({
+            "pixel_values": inputs["pixel_values"][index * chunk_size : (index + 1) * chunk_size],
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+        })
+    return chunks, caption_order
+

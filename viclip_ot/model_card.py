@@ -6,6 +6,8 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from timm.models import get_pretrained_cfg
 
+from .metrics import format_metrics_table
+
 RECALL_KEYS = ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "avg_R")
 
 TEMPLATE = """---
@@ -46,12 +48,10 @@ and PIL images.
 
 
 def results_table(results, dataset_name):
-    """A Markdown table of the recall metrics (percent) of one evaluation."""
+    """The Markdown table of one evaluation (`format_metrics_table`'s layout)."""
     if not results:
         return "No evaluation results yet."
-    keys = [key for key in RECALL_KEYS if key in results]
-    header = "| dataset | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys)
-    return header + f"\n| {dataset_name} | " + " | ".join(f"{results[k]:.2f}" for k in keys) + " |"
+    return format_metrics_table({dataset_name or "evaluation": results})
 
 
 def hub_id(tower):

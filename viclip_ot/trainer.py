@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import SchedulerType
 
+from .data import gradcache_chunks
 from .evaluation import encode_corpus
 from .gradcache import cached_backward
 from .metrics import retrieval_metrics
@@ -55,21 +56,6 @@ def freeze(model, image_blocks=0, text_tower=False):
                 vision.get_parameter(name).requires_grad_(False)
     if text_tower:
         model.text_model.requires_grad_(False)
-
-
-def image_chunks(inputs, chunk_size):
-    """Split a batch into chunks of `chunk_size` images with their captions (captions are grouped by image)."""
-    index = inputs["caption_image_index"]
-    chunks = []
-    for start in range(0, inputs["pixel_values"].shape[0], chunk_size):
-        stop = start + chunk_size
-        first, last = torch.searchsorted(index, torch.tensor([start, stop], device=index.device)).tolist()
-        chunks.append({
-            "pixel_values": inputs["pixel_values"][start:stop],
-            "input_ids": inputs["input_ids"][first:last],
-            "attention_mask": inputs["attention_mask"][first:last],
-        })
-    return chunks
 
 
 class ViCLIPOTTrainer(Trainer):
@@ -130,14 +116,16 @@ class ViCLIPOTTrainer(Trainer):
                 outputs = model(**chunk)
             return outputs.image_embeds, outputs.text_embeds
 
+        chunks, caption_order = gradcache_chunks(inputs, chunk_size)
+
         def loss_fn(cached, leaves):
             image_embeds = torch.cat([images for images, _ in cached])
-            text_embeds = torch.cat([texts for _, texts in cached])
+            text_embeds = torch.cat([texts for _, texts in cached])[caption_order.argsort()]
             loss = self._batch_loss(image_embeds, text_embeds, inputs, leaves[0], leaves[1] if len(leaves) > 1 else None)
             return loss / self.current_gradient_accumulation_steps, None
 
         loss, _ = cached_backward(
-            encode, image_chunks(inputs, chunk_size), loss_fn, self._scale_parameters(),
+            encode, chunks, loss_fn, self._scale_parameters(),
             backward=self.accelerator.backward,
             no_sync=model.no_sync if hasattr(model, "no_sync") else contextlib.nullcontext,
         )

@@ -1,0 +1,1 @@
+../../viclip_ot/metrics.py
