@@ -5,12 +5,9 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision import transforms
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_rgb(image):
@@ -63,7 +60,8 @@ class ViCLIPOTImageProcessor(BaseImageProcessor):
 
     model_input_names = ["pixel_values"]
 
-    def __init__(self, crop_size=224, resize_size=None, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, **kwargs):
+    def __init__(self, crop_size=224, resize_size=None, image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD,
+                 **kwargs):
         super().__init__(**kwargs)
         self.crop_size = crop_size
         self.resize_size = resize_size or round(crop_size * 256 / 224)
@@ -72,13 +70,13 @@ class ViCLIPOTImageProcessor(BaseImageProcessor):
 
     @property
     def transform(self):
-        return transforms.Compose(
-            [
-                transforms.Resize(self.resize_size, interpolation=transforms.InterpolationMode.BICUBIC),
-                transforms.CenterCrop(self.crop_size),
-                transforms.ToTensor(),
-                transforms.Normalize(self.image_mean, self.image_std),
-            ]
+        # timm resizes the shorter side to floor(crop_size / crop_pct); the half pixel keeps that at resize_size.
+        return create_transform(
+            self.crop_size,
+            crop_pct=self.crop_size / (self.resize_size + 0.5),
+            interpolation="bicubic",
+            mean=self.image_mean,
+            std=self.image_std,
         )
 
     def preprocess(self, images, return_tensors="pt", **kwargs):

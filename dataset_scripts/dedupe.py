@@ -24,6 +24,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 import torch
 import torch.nn.functional as F
 from torchvision import transforms
@@ -33,8 +34,6 @@ from ._common import CorpusError, atomic_write
 from .loading import CORPORA, canonical_split, load_corpus, parse_option
 from .report import FORMAT, ids_fingerprint, write_report
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SSCD_IMAGE_SIZE = 320
 
 
@@ -45,8 +44,8 @@ class Descriptor:
     model: torch.nn.Module
     identity: str
     image_size: tuple[int, int]
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
 
     def transform(self):
         return transforms.Compose([transforms.Resize(list(self.image_size)), transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])

@@ -322,3 +322,20 @@ def test_bf16_encoding_is_close_to_fp32(make_model, photos):
     bf16 = model.to(torch.bfloat16).encode_image(photos)
     assert bf16.dtype == torch.float32
     assert (bf16 * reference).sum(dim=1).min() > 0.99
+
+
+@pytest.mark.parametrize("crop_size", [224, 64, 443])
+def test_eval_transform_is_the_papers(crop_size):
+    """Resize the shorter side to crop * 256 / 224 (bicubic, antialiased) -> centre crop -> ImageNet mean/std,
+    computed with PIL and numpy."""
+    from processing_viclip_ot import ViCLIPOTImageProcessor
+
+    image = Image.fromarray(np.random.default_rng(crop_size).integers(0, 256, (301, 517, 3), dtype=np.uint8))
+    pixels = ViCLIPOTImageProcessor(crop_size=crop_size).preprocess(image)["pixel_values"][0]
+    short = round(crop_size * 256 / 224)
+    resized = image.resize((517 * short // 301, short), Image.Resampling.BICUBIC)
+    left, top = round((resized.width - crop_size) / 2), round((resized.height - crop_size) / 2)
+    array = np.asarray(resized.crop((left, top, left + crop_size, top + crop_size)), dtype=np.float32) / 255
+    expected = (array - [0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225])
+    assert pixels.shape == (3, crop_size, crop_size)
+    np.testing.assert_allclose(pixels.permute(1, 2, 0).numpy(), expected, atol=1e-5)
