@@ -42,6 +42,7 @@ ROWS_FOLDER = "images"
 FAISS_FILE = "embeddings.faiss"
 FORMAT_VERSION = 1
 WARN_EXAMPLES = 5  # unreadable files named in the warning
+TRAIN_POINTS_PER_CELL = 64  # IVF k-means sample size per cell
 # Exceptions PIL raises for a file it cannot decode (truncated, corrupt, not an image, too large).
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -91,14 +92,14 @@ def make_faiss_index(index_type: str, dim: int, num_vectors: int, nlist: int | N
     """An empty inner-product FAISS index (cosine similarity of unit vectors).
 
     - `flat`: exact search.
-    - `ivf`: `nlist` k-means cells (default `4 * sqrt(n)`, at most n / 39), `nprobe` of them searched (default
-      `nlist / 16`); it must be trained.
+    - `ivf`: `nlist` k-means cells (default `sqrt(n)`, at most n / 39), `nprobe` of them searched per query
+      (default `nlist / 16`); it must be trained ([`train_faiss_index`]).
     - `hnsw`: a graph with `hnsw_m` links per node, built with `ef_construction` and searched with `ef_search`.
     """
     if index_type == "flat":
         return faiss.IndexFlatIP(dim)
     if index_type == "ivf":
-        nlist = nlist or max(1, min(round(4 * math.sqrt(num_vectors)), num_vectors // 39))
+        nlist = nlist or max(1, min(round(math.sqrt(num_vectors)), num_vectors // 39))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.nprobe = min(nlist, nprobe or max(1, nlist // 16))
         return index
@@ -110,15 +111,21 @@ def make_faiss_index(index_type: str, dim: int, num_vectors: int, nlist: int | N
     raise ValueError(f"index_type={index_type!r} is not supported; choose one of {', '.join(INDEX_TYPES)}")
 
 
+def train_faiss_index(index: faiss.Index, vectors) -> faiss.Index:
+    """Train an IVF index's k-means on a random sample of up to `TRAIN_POINTS_PER_CELL` vectors per cell
+    (`vectors`: an array, or a `datasets` column formatted as numpy); other indexes need no training."""
+    if not index.is_trained:
+        sample = np.random.default_rng(0).permutation(len(vectors))[: TRAIN_POINTS_PER_CELL * index.nlist]
+        index.train(np.ascontiguousarray(vectors[np.sort(sample)], dtype=np.float32))
+    return index
+
+
 def add_faiss_index(dataset: datasets.Dataset, index_type: str = "flat", column: str = "embedding",
                     **index_options) -> datasets.Dataset:
-    """Attach a [`make_faiss_index`] index of `dataset[column]` (named `column`) through `datasets`' FAISS
-    integration; an IVF index is first trained on a random sample of up to 256 vectors per cell."""
-    dim = dataset.features[column].length
-    index = make_faiss_index(index_type, dim, len(dataset), **index_options)
-    if not index.is_trained:
-        sample = np.random.default_rng(0).permutation(len(dataset))[: 256 * index.nlist]
-        index.train(dataset.with_format("numpy", columns=[column], dtype=np.float32)[np.sort(sample)][column])
+    """Attach a trained [`make_faiss_index`] index of `dataset[column]` (named `column`) through `datasets`' FAISS
+    integration, which adds the vectors."""
+    index = make_faiss_index(index_type, dataset.features[column].length, len(dataset), **index_options)
+    train_faiss_index(index, dataset.with_format("numpy", columns=[column])[:][column])
     return dataset.add_faiss_index(column, custom_index=index, metric_type=faiss.METRIC_INNER_PRODUCT)
 
 
@@ -375,7 +382,7 @@ def parse_args(argv):
     index.add_argument("--output", required=True, help="index folder; an existing index is updated")
     index.add_argument("--batch-size", type=int, default=32)
     index.add_argument("--index-type", choices=INDEX_TYPES, default="flat", help="flat: exact; ivf/hnsw: approximate")
-    index.add_argument("--nlist", type=int, help="ivf: number of cells (default 4 sqrt(n))")
+    index.add_argument("--nlist", type=int, help="ivf: number of cells (default sqrt(n))")
     index.add_argument("--nprobe", type=int, help="ivf: cells searched per query (default nlist / 16)")
     index.add_argument("--hnsw-m", type=int, help="hnsw: links per node (default 32)")
     index.add_argument("--ef-search", type=int, help="hnsw: search breadth (default 64)")
