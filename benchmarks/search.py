@@ -20,8 +20,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-
 from _measure import environment, load_average, markdown_table
+
 from viclip_ot.search import make_faiss_index, train_faiss_index
 
 RESULTS = Path(__file__).parent / "results" / "search.md"

@@ -3,9 +3,9 @@ softmax of the model's own logits_per_image, image features are the model's imag
 
 import pytest
 import torch
+from search_fixtures import save_demo_model, write_demo_images
 from transformers import AutoModel, pipeline
 
-from search_fixtures import save_demo_model, write_demo_images
 from viclip_ot.model_card import write_model_card
 
 LABELS = ["hình tròn màu đỏ", "hình vuông màu xanh lá", "tam giác màu vàng", "nền đen"]

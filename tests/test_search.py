@@ -10,9 +10,9 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from search_fixtures import REPO, save_demo_model, write_demo_images
 from transformers import AutoModel
 
-from search_fixtures import REPO, save_demo_model, write_demo_images
 from viclip_ot.search import ImageIndex, model_fingerprint
 
 QUERIES = ["hai hình tròn màu đỏ ở bên trái, nền trắng", "một hình vuông màu xanh lá ở giữa", "ba tam giác vàng"]
@@ -100,6 +100,7 @@ def test_approximate_indexes_saved_and_loaded(demo_model, images, tmp_path, inde
     saving."""
     with pytest.warns(UserWarning):
         exact = ImageIndex.build(demo_model, images, show_progress_bar=False)
+    with pytest.warns(UserWarning):
         approximate = ImageIndex.build(demo_model, images, index_type=index_type, show_progress_bar=False, **options)
     approximate.save(tmp_path / index_type)
     loaded = ImageIndex.load(tmp_path / index_type, demo_model)
@@ -151,8 +152,8 @@ def test_interrupted_save_leaves_the_previous_index(demo_model, images, tmp_path
 
 def run_cli(*args, env=None):
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "viclip_ot.search", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=600)
+    return subprocess.run([sys.executable, "-m", "viclip_ot.search", *map(str, args)], check=False,
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
 
 
 def test_cli_index_and_json_query(demo_model, demo_model_dir, images, tmp_path):
@@ -190,7 +191,7 @@ def test_cli_index_with_two_processes(demo_model_dir, images, tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--main_process_port", "29531", "-m", "viclip_ot.search", "index", "--model", str(demo_model_dir),
                "--images", str(images), "--output", str(tmp_path / "two"), "--batch-size", "2"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
+    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(REPO), **env})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("skipped 1 unreadable image file(s)") == 1  # the main process warns once
