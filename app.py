@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import gradio as gr
-from transformers import pipeline
+from transformers import AutoModelForZeroShotImageClassification, pipeline
 
 from viclip_ot.search import METADATA_FILE, ImageIndex, load_model
 
@@ -33,6 +33,8 @@ def gallery(hits):
 def build_app(index: ImageIndex) -> gr.Blocks:
     """The app's page for an index loaded with its model."""
     model = index.model
+    # The pipeline accepts any model registered for its auto class (loading with trust_remote_code registers it too).
+    AutoModelForZeroShotImageClassification.register(type(model.config), type(model), exist_ok=True)
     classifier = pipeline("zero-shot-image-classification", model=model, tokenizer=model.processor.tokenizer,
                           image_processor=model.processor.image_processor)
 

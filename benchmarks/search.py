@@ -92,7 +92,8 @@ def measure(size, data, args, rng):
             built.clear()
             index = None  # free the previous index before building the next
             print(f"  building {index_type} ...", flush=True)
-            built[index_type] = build(index_type, vectors)
+            hnsw = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction} if index_type == "hnsw" else {}
+            built[index_type] = build(index_type, vectors, **hnsw)
         index, seconds, memory = built[index_type]
         if index_type == "ivf":
             index.nprobe = options["nprobe"]
@@ -101,7 +102,7 @@ def measure(size, data, args, rng):
         single, batched, found = search_times(index, queries)
         exact = found if exact is None else exact
         setting = {"flat": "exact", "ivf": f"nlist={getattr(index, 'nlist', '')} nprobe={options.get('nprobe')}",
-                   "hnsw": f"M=32 efSearch={options.get('ef_search')}"}[index_type]
+                   "hnsw": f"M={args.hnsw_m} efC={args.ef_construction} efSearch={options.get('ef_search')}"}[index_type]
         row = [f"{size:,}", data, index_type, setting, f"{seconds:.1f}", f"{memory:.2f}",
                ms(np.percentile(single, 50)), ms(np.percentile(single, 99)), ms(np.percentile(batched, 50)),
                ms(np.percentile(batched, 99)), f"{recall_at_k(found, exact):.3f}"]
@@ -114,11 +115,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=192, help="queries (a multiple of 64 for the batches)")
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    parser.add_argument("--nprobe", type=int, nargs="*", default=[4, 8, 16, 32, 64], help="IVF cases (none: no IVF)")
     parser.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--hnsw-m", type=int, default=32)
+    parser.add_argument("--ef-construction", type=int, default=80)
     parser.add_argument("--noise", type=float, default=1.5, help="clustered data: norm of the noise")
     parser.add_argument("--uniform-max-size", type=int, default=100_000, help="uniform data up to this size")
     parser.add_argument("--hnsw-max-size", type=int, default=100_000, help="skip HNSW above this size (build time)")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
@@ -133,10 +137,10 @@ def main():
     table = markdown_table(headers, rows)
     print("\n" + table)
     if not args.no_write:
-        RESULTS.write_text(
+        args.output.write_text(
             f"# Image search at scale\n\n{started}, {load_average()} at the end.\n\n{__doc__.split(chr(10) * 2)[1]}\n\n"
-            f"{args.queries} queries; {args.queries // BATCH} batches of {BATCH}. HNSW: M=32, efConstruction=80 "
-            f"(built only up to {args.hnsw_max_size:,} vectors).\n\n{table}\n"
+            f"{args.queries} queries; {args.queries // BATCH} batches of {BATCH}. HNSW built only up to "
+            f"{args.hnsw_max_size:,} vectors.\n\n{table}\n"
         )
 
 
