@@ -212,9 +212,10 @@ class ImageIndex:
         files = scan_images(self.root)
         if not files:
             raise ValueError(f"no image files in {self.root} (looked for {', '.join(sorted(image_extensions()))})")
-        previous = {path: (size, mtime, row) for row, (path, size, mtime) in
-                    enumerate(zip(self.dataset["path"], self.dataset["size"], self.dataset["mtime_ns"]))}
-        todo = [path for path, size, mtime in files if previous.get(path, (None, None))[:2] != (size, mtime)]
+        current = set(files)
+        indexed = zip(self.dataset["path"], self.dataset["size"], self.dataset["mtime_ns"])
+        unchanged = {path: row for row, (path, size, mtime) in enumerate(indexed) if (path, size, mtime) in current}
+        todo = [path for path, _, _ in files if path not in unchanged]
 
         state = PartialState()
         with state.split_between_processes(todo) as share:
@@ -227,10 +228,10 @@ class ImageIndex:
         old_embeddings = self.dataset.with_format("numpy", columns=["embedding"])[:]["embedding"]
         rows = {"path": [], "size": [], "mtime_ns": [], "embedding": []}
         for path, size, mtime in files:
-            if path in embeddings:
+            if path in unchanged:
+                embedding = old_embeddings[unchanged[path]]
+            elif path in embeddings:
                 embedding = embeddings[path]
-            elif path in previous and previous[path][:2] == (size, mtime):
-                embedding = old_embeddings[previous[path][2]]
             else:  # unreadable
                 continue
             for column, value in zip(rows, (path, size, mtime, embedding)):
