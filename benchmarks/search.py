@@ -4,7 +4,9 @@ The collection is synthetic: `n` unit vectors of the model's width (768). "clust
 collection: `n / 100` random unit centres, a vector is its centre plus Gaussian noise of norm `--noise` (1.5),
 normalised (cosine ~0.55 with its centre, ~0.3 between two vectors of one cluster, ~0 otherwise); queries are fresh
 draws from the same clusters. "uniform" (the worst case for approximate search, no structure at all): uniformly
-random unit vectors and queries, run up to `--uniform-max-size` vectors. The indexes are
+random unit vectors and queries, run up to `--uniform-max-size` vectors. "latent" (`--data latent`): a smooth
+low-dimensional structure, as embeddings have (their intrinsic dimension is far below their width): Gaussian points
+of a random 32-d subspace plus 10 % isotropic noise, normalised. The indexes are
 the ones `viclip_ot.search` builds (`make_faiss_index` + `train_faiss_index`, vectors added 1000 at a time as
 `datasets` does). Latency: one query at a time (p50/p99 over `--queries` queries) and batches of 64 (per batch),
 after encoding the query. recall@10 = overlap of the top 10 with the exact (flat) top 10, averaged over the queries.
@@ -28,6 +30,7 @@ RESULTS = Path(__file__).parent / "results" / "search.md"
 DIM = 768
 BATCH = 64
 K = 10
+LATENT_DIM = 32  # "latent" data: intrinsic dimension
 
 
 def unit_vectors(count, centres, noise, rng):
@@ -36,6 +39,17 @@ def unit_vectors(count, centres, noise, rng):
     if centres is not None:
         vectors += centres[rng.integers(len(centres), size=count)]
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
+
+
+def latent_unit_vectors(count, mixing, rng, chunk=100_000):
+    """`count` unit vectors on a random `LATENT_DIM`-dimensional subspace, plus 10 % noise (built in chunks)."""
+    vectors = np.empty((count, DIM), np.float32)
+    for start in range(0, count, chunk):
+        rows = min(chunk, count - start)
+        block = rng.standard_normal((rows, LATENT_DIM), dtype=np.float32) @ mixing / np.float32(np.sqrt(DIM))
+        block += rng.standard_normal((rows, DIM), dtype=np.float32) * np.float32(0.1 / np.sqrt(DIM))
+        vectors[start : start + rows] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return vectors
 
 
@@ -75,12 +89,16 @@ def ms(seconds):
 
 def measure(size, data, args, rng):
     print(f"\n== {size:,} {data} vectors", flush=True)
-    centres = None
-    if data == "clustered":
-        centres = rng.standard_normal((max(1, size // 100), DIM), dtype=np.float32)
-        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    vectors = unit_vectors(size, centres, args.noise, rng)
-    queries = unit_vectors(args.queries, centres, args.noise, rng)
+    if data == "latent":
+        mixing = rng.standard_normal((LATENT_DIM, DIM), dtype=np.float32)
+        vectors, queries = (latent_unit_vectors(count, mixing, rng) for count in (size, args.queries))
+    else:
+        centres = None
+        if data == "clustered":
+            centres = rng.standard_normal((max(1, size // 100), DIM), dtype=np.float32)
+            centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        vectors = unit_vectors(size, centres, args.noise, rng)
+        queries = unit_vectors(args.queries, centres, args.noise, rng)
     rows, exact = [], None
     cases = [("flat", {})]
     cases += [("ivf", {"nprobe": nprobe}) for nprobe in args.nprobe]
@@ -119,6 +137,7 @@ def main():
     parser.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=80)
+    parser.add_argument("--data", nargs="+", choices=["clustered", "uniform", "latent"], default=["clustered", "uniform"])
     parser.add_argument("--noise", type=float, default=1.5, help="clustered data: norm of the noise")
     parser.add_argument("--uniform-max-size", type=int, default=100_000, help="uniform data up to this size")
     parser.add_argument("--hnsw-max-size", type=int, default=100_000, help="skip HNSW above this size (build time)")
@@ -129,8 +148,8 @@ def main():
     started = f"{environment()}, faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads); load average " \
               f"(1/5/15 min) {load_average()} at the start"
     rng = np.random.default_rng(0)
-    runs = [(size, "clustered") for size in args.sizes]
-    runs += [(size, "uniform") for size in args.sizes if size <= args.uniform_max_size]
+    runs = [(size, data) for data in args.data for size in args.sizes
+            if data != "uniform" or size <= args.uniform_max_size]
     rows = [row for size, data in runs for row in measure(size, data, args, rng)]
     headers = ["images", "data", "index", "setting", "build s", "index GiB", "1 query p50 ms", "1 query p99 ms",
                "64 queries p50 ms", "64 queries p99 ms", "recall@10"]
