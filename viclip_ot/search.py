@@ -93,7 +93,7 @@ def make_faiss_index(index_type: str, dim: int, num_vectors: int, nlist: int | N
 
     - `flat`: exact search.
     - `ivf`: `nlist` k-means cells (default `sqrt(n)`, at most n / 39), `nprobe` of them searched per query
-      (default `nlist / 16`); it must be trained ([`train_faiss_index`]).
+      (default `nlist / 8`); it must be trained ([`train_faiss_index`]).
     - `hnsw`: a graph with `hnsw_m` links per node, built with `ef_construction` and searched with `ef_search`.
     """
     if index_type == "flat":
@@ -101,7 +101,7 @@ def make_faiss_index(index_type: str, dim: int, num_vectors: int, nlist: int | N
     if index_type == "ivf":
         nlist = nlist or max(1, min(round(math.sqrt(num_vectors)), num_vectors // 39))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.nprobe = min(nlist, nprobe or max(1, nlist // 16))
+        index.nprobe = min(nlist, nprobe or max(1, nlist // 8))
         return index
     if index_type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -384,7 +384,7 @@ def parse_args(argv):
     index.add_argument("--batch-size", type=int, default=32)
     index.add_argument("--index-type", choices=INDEX_TYPES, default="flat", help="flat: exact; ivf/hnsw: approximate")
     index.add_argument("--nlist", type=int, help="ivf: number of cells (default sqrt(n))")
-    index.add_argument("--nprobe", type=int, help="ivf: cells searched per query (default nlist / 16)")
+    index.add_argument("--nprobe", type=int, help="ivf: cells searched per query (default nlist / 8)")
     index.add_argument("--hnsw-m", type=int, help="hnsw: links per node (default 32)")
     index.add_argument("--ef-search", type=int, help="hnsw: search breadth (default 64)")
     query = commands.add_parser("query", help="search an index by text or by image")
