@@ -28,6 +28,9 @@ VISION_POOLINGS = ("avg", "token", "avgmax", "max")
 VISION_HEADS = ("linear", "mlp", "none")
 TEXT_POOLINGS = ("mean", "cls")
 TEXT_PROJECTIONS = ("auto", "linear", "none")
+# Auto classes beyond AutoConfig / AutoModel that load the model as remote code: the transformers
+# `zero-shot-image-classification` pipeline loads it through AutoModelForZeroShotImageClassification.
+PIPELINE_AUTO_MAP = {"AutoModelForZeroShotImageClassification": "modeling_viclip_ot.ViCLIPOTModel"}
 
 
 def _check_choice(name, value, choices):
@@ -114,4 +117,5 @@ class ViCLIPOTConfig(PretrainedConfig):
         self.logit_bias_init_value = logit_bias_init_value
         self.logit_scale_min = logit_scale_min
         self.logit_scale_max = logit_scale_max
+        kwargs["auto_map"] = {**PIPELINE_AUTO_MAP, **kwargs.get("auto_map", {})}
         super().__init__(**kwargs)

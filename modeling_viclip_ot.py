@@ -315,23 +315,30 @@ class ViCLIPOTModel(PreTrainedModel):
             `pixel_values`) each caption describes; defaults to caption k <-> image k.
         return_loss (`bool`, *optional*): compute the multi-positive CLIP loss (SigLIP for a model with a
             logit bias).
+
+        With only `pixel_values` (or only `input_ids`) just that side is encoded: the output holds its embeddings
+        and no logits (what the `image-feature-extraction` pipeline calls).
         """
-        vision_outputs = self.get_image_features(pixel_values)
-        text_outputs = self.get_text_features(input_ids, attention_mask, token_type_ids)
-        image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
-        text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
-
-        scale = self.logit_scale.exp()
-        logits_per_text = scale * text_embeds @ image_embeds.T
-        if self.logit_bias is not None:
-            logits_per_text = logits_per_text + self.logit_bias
-
-        loss = None
+        if pixel_values is None and input_ids is None:
+            raise ValueError("give `pixel_values`, `input_ids` or both")
+        vision_outputs = text_outputs = image_embeds = text_embeds = logits_per_text = loss = None
+        if pixel_values is not None:
+            vision_outputs = self.get_image_features(pixel_values)
+            image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
+        if input_ids is not None:
+            text_outputs = self.get_text_features(input_ids, attention_mask, token_type_ids)
+            text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
+        if image_embeds is not None and text_embeds is not None:
+            logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.T
+            if self.logit_bias is not None:
+                logits_per_text = logits_per_text + self.logit_bias
         if return_loss:
+            if logits_per_text is None:
+                raise ValueError("return_loss=True needs both `pixel_values` and `input_ids`")
             loss = self.contrastive_loss(image_embeds, text_embeds, caption_image_index)
         output = ViCLIPOTOutput(
             loss=loss,
-            logits_per_image=logits_per_text.T,
+            logits_per_image=None if logits_per_text is None else logits_per_text.T,
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
             image_embeds=image_embeds,

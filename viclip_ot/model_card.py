@@ -35,6 +35,18 @@ scores = texts @ images.T
 It also loads with `SentenceTransformer("{{ repo_id }}", trust_remote_code=True)`, whose `encode()` takes strings
 and PIL images.
 
+The transformers pipelines work too: zero-shot classification against Vietnamese labels (softmax over the labels
+of the image's logits) and image embeddings (the L2-normalised image embedding):
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("zero-shot-image-classification", model="{{ repo_id }}", trust_remote_code=True)
+classifier("street.jpg", candidate_labels=["xe máy", "con mèo", "tách cà phê"], hypothesis_template="một bức ảnh về {}")
+extractor = pipeline("image-feature-extraction", model="{{ repo_id }}", trust_remote_code=True)
+embedding = extractor("street.jpg")[0]  # projection_dim floats
+```
+
 ## Results
 
 {{ results_table }}
@@ -88,7 +100,7 @@ def write_model_card(folder, model_config, *, repo_id=None, model_name=None, res
         language=["vi"],
         license=license,
         library_name="transformers",
-        pipeline_tag="feature-extraction",
+        pipeline_tag="zero-shot-image-classification",
         tags=["viclip-ot", "image-text-retrieval", "clip", "optimal-transport", "sentence-transformers", "vietnamese"],
         datasets=[dataset_name] if dataset_name else None,
         base_model=[hub for hub in map(hub_id, base_models) if hub] or None,
