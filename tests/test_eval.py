@@ -345,16 +345,31 @@ def test_table_shows_intervals():
     assert "| 0.5000 [0.4000, 0.6000] |" in row
 
 
-def test_pca_map_without_umap():
-    pytest.importorskip("sklearn")
-    if importlib.util.find_spec("umap") is not None:
-        pytest.skip("umap-learn is installed: the map uses UMAP")
+def test_pca_map_without_umap(monkeypatch):
     from sklearn.decomposition import PCA
 
+    monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` now raises ImportError, as when not installed
     points = np.random.default_rng(0).standard_normal((40, 8)) * np.arange(1, 9)
     coords, method = project_2d(points)
     assert method == "PCA"
     np.testing.assert_allclose(np.abs(coords), np.abs(PCA(2).fit_transform(points)), atol=1e-8)
+
+
+def test_umap_map_keeps_clusters_apart():
+    """Three tight clusters of unit vectors in 16-d: UMAP (cosine) puts every point nearer its own cluster's centre
+    than any other cluster's, and is deterministic for a seed."""
+    pytest.importorskip("umap")
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 16))
+    labels = np.repeat(np.arange(3), 30)
+    points = centres[labels] + 0.05 * rng.standard_normal((90, 16))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    coords, method = project_2d(points, seed=1)
+    assert method == "UMAP" and coords.shape == (90, 2)
+    means = np.stack([coords[labels == label].mean(0) for label in range(3)])
+    nearest = np.linalg.norm(coords[:, None] - means[None], axis=-1).argmin(1)
+    assert (nearest == labels).all()
+    np.testing.assert_array_equal(coords, project_2d(points, seed=1)[0])
 
 
 # ---------------------------------------------------------------- clear errors
