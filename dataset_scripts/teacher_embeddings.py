@@ -109,9 +109,9 @@ class TeacherEmbeddings:
         image_ids = json.loads(metadata.pop("image_ids"))
         return cls(tensors["image_embeds"], tensors["text_embeds"], image_ids, tensors["caption_counts"], metadata, path)
 
-    def check_corpus(self, dataset, dimension=None):
-        """One clear error unless every image of `dataset` has a teacher row with as many caption rows as captions,
-        the captions are those the embeddings were made from, and (if given) the dimension matches."""
+    def check_corpus(self, dataset):
+        """One clear error unless every image of `dataset` has a teacher row with as many caption rows as captions
+        and the captions are those the embeddings were made from."""
         image_ids, captions = _ids_and_captions(dataset)
         missing = [image_id for image_id in image_ids if image_id not in self._rows]
         miscounted = [
@@ -136,8 +136,6 @@ class TeacherEmbeddings:
                 )
         elif not problems and fingerprint and whole_corpus and corpus_fingerprint(image_ids, captions) != fingerprint:
             problems.append("the corpus's captions differ from those the embeddings were computed from")
-        if dimension is not None and dimension != self.dimension:
-            problems.append(f"dimension {self.dimension}, expected {dimension}")
         if problems:
             raise TeacherMismatchError(f"{self.source} does not match the corpus: {'; '.join(problems)}")
 
