@@ -1,7 +1,7 @@
 """Dataset builders for UIT-OpenViIC, KTVIC, Crossmodal-3600, the authors' JSON format and the demo corpus.
 
-Read every corpus with ``load_corpus(name, data_dir, split=None, **options)``; remove near-duplicates
-with ``python -m dataset_scripts.dedupe``; export to Parquet or the Hub with ``python -m dataset_scripts.export``.
+Read every corpus with `load_corpus(name, data_dir, split=None, **options)`; remove near-duplicates
+with `python -m dataset_scripts.dedupe`; export to Parquet or the Hub with `python -m dataset_scripts.export`.
 """
 
 from ._common import CorpusError, CorpusWarning

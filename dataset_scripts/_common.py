@@ -1,11 +1,11 @@
 """Shared pieces of the corpus builders: row schema, annotation checks, RGB image bytes, cache fingerprints.
 
-Every corpus yields one row per image: ``image`` (``datasets.Image``), ``image_id`` (str) and
-``captions`` (list of str, in annotation order). Images are converted to RGB **when the corpus is
+Every corpus yields one row per image: `image` (`datasets.Image`), `image_id` (str) and
+`captions` (list of str, in annotation order). Images are converted to RGB **when the corpus is
 built**: a file that is already a complete RGB JPEG or PNG is stored byte for byte, anything else
 (palette, transparency, grayscale, CMYK, a truncated JPEG, other formats) is converted to RGB
-(transparent pixels become white) and stored as lossless PNG. The ``image`` column therefore always
-decodes to an RGB ``PIL.Image`` and the built corpus no longer needs the source folder.
+(transparent pixels become white) and stored as lossless PNG. The `image` column therefore always
+decodes to an RGB `PIL.Image` and the built corpus no longer needs the source folder.
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ class CorpusWarning(UserWarning):
 
 
 def first_few(items) -> str:
-    """``'a, b, c, ... (7 in all)'``: the first few items of a list, for messages."""
+    """`'a, b, c, ... (7 in all)'`: the first few items of a list, for messages."""
     items = [str(item) for item in items]
     shown = ", ".join(items[:SHOWN])
     return shown + (f", ... ({len(items)} in all)" if len(items) > SHOWN else "")
 
 
 def corpus_features(*extra_caption_columns: str) -> datasets.Features:
-    """The row schema; ``extra_caption_columns`` are further list-of-str columns (KTVIC's ``segment_captions``)."""
+    """The row schema; `extra_caption_columns` are further list-of-str columns (KTVIC's `segment_captions`)."""
     texts = datasets.List(datasets.Value("string"))
     return datasets.Features(
         {
@@ -69,7 +69,7 @@ class Entry:
 
 
 def read_json(path: Path, object_pairs_hook=None):
-    """Parse a JSON annotation file; a malformed file is a ``CorpusError`` naming it."""
+    """Parse a JSON annotation file; a malformed file is a `CorpusError` naming it."""
     try:
         with open(path, encoding="utf-8") as file:
             return json.load(file, object_pairs_hook=object_pairs_hook)
@@ -85,10 +85,10 @@ def _matches(value, expected) -> bool:
 
 
 def check_fields(records, fields: dict, where: str, labels=None) -> None:
-    """Raise one ``CorpusError`` per missing or mistyped key among ``records`` (a list of dicts).
+    """Raise one `CorpusError` per missing or mistyped key among `records` (a list of dicts).
 
-    ``fields`` maps each required key to its type(s) (``str``, ``(int, str)``, ``list[str]``);
-    ``where`` names the list and ``labels`` the records (default: their positions) in messages.
+    `fields` maps each required key to its type(s) (`str`, `(int, str)`, `list[str]`);
+    `where` names the list and `labels` the records (default: their positions) in messages.
     """
     if not isinstance(records, list):
         raise CorpusError(f"{where}: expected a list, found {type(records).__name__}")
@@ -105,11 +105,11 @@ def check_fields(records, fields: dict, where: str, labels=None) -> None:
 
 
 def entries_from_coco_like(data, where: str, image_root: Path, file_key: str, caption_keys: dict) -> list[Entry]:
-    """Rows of a ``{"images": [{"id", file_key}], "annotations": [{"image_id", ...}]}`` file.
+    """Rows of a `{"images": [{"id", file_key}], "annotations": [{"image_id", ...}]}` file.
 
-    ``caption_keys`` maps each row column to its annotation key, ``captions`` first
-    (``{"captions": "caption", "segment_captions": "segment_caption"}``). Captions keep the order of
-    ``annotations``; rows keep the order of ``images``.
+    `caption_keys` maps each row column to its annotation key, `captions` first
+    (`{"captions": "caption", "segment_captions": "segment_caption"}`). Captions keep the order of
+    `annotations`; rows keep the order of `images`.
     """
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
@@ -133,7 +133,7 @@ def entries_from_coco_like(data, where: str, image_root: Path, file_key: str, ca
 
 
 def check_entries(entries: list[Entry], where: str) -> None:
-    """One ``CorpusError`` for no images, duplicate image ids, images without captions or missing image files."""
+    """One `CorpusError` for no images, duplicate image ids, images without captions or missing image files."""
     if not entries:
         raise CorpusError(f"{where}: no images")
     duplicates = [image_id for image_id, n in Counter(e.image_id for e in entries).items() if n > 1]
@@ -170,7 +170,7 @@ def _decode(raw: bytes, allow_truncated: bool) -> Image.Image:
 
 @contextlib.contextmanager
 def atomic_write(path):
-    """Yield a temporary path beside ``path`` to write to; on success it replaces ``path``, on failure it is
+    """Yield a temporary path beside `path` to write to; on success it replaces `path`, on failure it is
     removed, so that readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,7 @@ def png_bytes(image: Image.Image) -> bytes:
 def rgb_image_bytes(path: Path) -> tuple[bytes, bool]:
     """Encoded bytes of the file's image in RGB and whether it was truncated (decoded as far as it goes).
 
-    Raises ``OSError`` when PIL cannot decode the file at all.
+    Raises `OSError` when PIL cannot decode the file at all.
     """
     raw = path.read_bytes()
     try:
@@ -206,9 +206,9 @@ def rgb_image_bytes(path: Path) -> tuple[bytes, bool]:
 
 
 def source_fingerprint(data_dir: str) -> str:
-    """Hash of every (non-hidden) file's relative path, size and mtime under ``data_dir``.
+    """Hash of every (non-hidden) file's relative path, size and mtime under `data_dir`.
 
-    Used as the builder cache's ``hash``: any added, removed or changed file means a fresh build.
+    Used as the builder cache's `hash`: any added, removed or changed file means a fresh build.
     """
     if not os.path.isdir(data_dir):
         raise CorpusError(f"data_dir {data_dir} is not a folder")
@@ -223,11 +223,11 @@ def source_fingerprint(data_dir: str) -> str:
 
 
 class CorpusBuilder(datasets.GeneratorBasedBuilder):
-    """Base of the folder corpora: reads ``data_dir`` as the user downloaded it.
+    """Base of the folder corpora: reads `data_dir` as the user downloaded it.
 
-    Subclasses set ``SPLIT_FILES`` (split -> annotation file relative to ``data_dir``), optionally
-    ``KNOWN_SIZES`` (split -> (images, captions or None)) and ``EXTRA_COLUMNS``, and implement
-    ``read_split(split, annotation_path) -> list[Entry]``. Only the splits whose annotation file
+    Subclasses set `SPLIT_FILES` (split -> annotation file relative to `data_dir`), optionally
+    `KNOWN_SIZES` (split -> (images, captions or None)) and `EXTRA_COLUMNS`, and implement
+    `read_split(split, annotation_path) -> list[Entry]`. Only the splits whose annotation file
     exists are built. The cache is keyed by the files' paths, sizes and mtimes, so a changed
     folder is rebuilt rather than served stale.
     """

@@ -1,8 +1,8 @@
-"""Crossmodal-3600 as downloaded: ``captions.jsonl`` (from ``captions.zip``) and ``images/<image/key>.jpg``.
+"""Crossmodal-3600 as downloaded: `captions.jsonl` (from `captions.zip`) and `images/<image/key>.jpg`.
 
-One JSON line per image: ``{"image/key": "<16 hex>", "image/locale": ..., "<lang>": {"caption": [...],
-"caption/tokenized": [...], ...}, ...}`` for 36 languages. The ``language`` option (default ``vi``)
-picks the captions; the only split is ``test``; rows follow the file's lines.
+One JSON line per image: `{"image/key": "<16 hex>", "image/locale": ..., "<lang>": {"caption": [...],
+"caption/tokenized": [...], ...}, ...}` for 36 languages. The `language` option (default `vi`)
+picks the captions; the only split is `test`; rows follow the file's lines.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ LANGUAGES = (
 
 @dataclass
 class Crossmodal3600Config(datasets.BuilderConfig):
-    """``language``: one of the 36 ``LANGUAGES`` codes."""
+    """`language`: one of the 36 `LANGUAGES` codes."""
 
     language: str = "vi"
 
@@ -34,7 +34,7 @@ class Crossmodal3600Config(datasets.BuilderConfig):
 
 
 class Crossmodal3600(CorpusBuilder):
-    """``datasets`` builder for Crossmodal-3600 (split test; option ``language``)."""
+    """`datasets` builder for Crossmodal-3600 (split test; option `language`)."""
 
     BUILDER_CONFIG_CLASS = Crossmodal3600Config
     CORPUS = "crossmodal3600"

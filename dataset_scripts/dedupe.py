@@ -1,10 +1,10 @@
 """Near-duplicate removal (paper, Appendix B): drop evaluation images that copy a training image.
 
 Both splits are embedded with an image descriptor: the SSCD TorchScript model the paper used
-(``sscd_disc_mixup.torchscript.pt``; Resize([320, 320]), ImageNet mean/std) or any timm model. A
+(`sscd_disc_mixup.torchscript.pt`; Resize([320, 320]), ImageNet mean/std) or any timm model. A
 target image whose cosine similarity to some reference image is >= the threshold (default 0.8)
 is a near-duplicate. The JSON report lists the removed ids with their best match and similarity;
-``load_corpus(..., dedup_report=PATH)`` applies it. Embeddings are cached per descriptor and built
+`load_corpus(..., dedup_report=PATH)` applies it. Embeddings are cached per descriptor and built
 split; similarities are computed a chunk of target rows at a time, never as one full matrix.
 
     python -m dataset_scripts.dedupe --reference-corpus uit-openviic --reference-dir data/uit-openviic \\
@@ -39,7 +39,7 @@ SSCD_IMAGE_SIZE = 320
 
 @dataclass
 class Descriptor:
-    """An image-embedding model with its input transform; ``identity`` keys the embedding cache."""
+    """An image-embedding model with its input transform; `identity` keys the embedding cache."""
 
     model: torch.nn.Module
     identity: str
@@ -52,8 +52,8 @@ class Descriptor:
 
 
 def load_descriptor(model_path=None, timm_model=None, image_size=None, device="cpu", pretrained=True) -> Descriptor:
-    """A TorchScript descriptor from ``model_path`` (ImageNet mean/std, default 320x320 input) or a
-    timm model by name (its own mean/std and input size, pooled features: ``num_classes=0``)."""
+    """A TorchScript descriptor from `model_path` (ImageNet mean/std, default 320x320 input) or a
+    timm model by name (its own mean/std and input size, pooled features: `num_classes=0`)."""
     if (model_path is None) == (timm_model is None):
         raise ValueError("give exactly one of a TorchScript model path and a timm model name")
     size = None if image_size is None else (image_size, image_size)
@@ -85,7 +85,7 @@ class _Images(torch.utils.data.Dataset):
 
 
 def embed(dataset: datasets.Dataset, descriptor: Descriptor, cache_dir, *, batch_size=64, num_workers=0, device="cpu", desc="embedding") -> np.ndarray:
-    """L2-normalised float32 embeddings of ``dataset``'s images, cached under ``cache_dir``."""
+    """L2-normalised float32 embeddings of `dataset`'s images, cached under `cache_dir`."""
     key = hashlib.sha256(f"{descriptor.identity}\0{descriptor.image_size}\0{dataset._fingerprint}".encode()).hexdigest()[:24]
     cache_file = Path(cache_dir) / f"{key}.npy"
     if cache_file.is_file():
@@ -104,7 +104,7 @@ def embed(dataset: datasets.Dataset, descriptor: Descriptor, cache_dir, *, batch
 def best_matches(target: np.ndarray, reference: np.ndarray, chunk_size=4096, device="cpu") -> tuple[np.ndarray, np.ndarray]:
     """For each target row: the index of its most similar reference row and that cosine similarity.
 
-    Works ``chunk_size`` target rows at a time (memory: chunk_size x len(reference) floats).
+    Works `chunk_size` target rows at a time (memory: chunk_size x len(reference) floats).
     """
     reference = torch.from_numpy(reference).to(device)
     indices, similarities = [], []
@@ -117,7 +117,7 @@ def best_matches(target: np.ndarray, reference: np.ndarray, chunk_size=4096, dev
 
 
 def make_report(target: dict, reference: dict, best_index, best_similarity, threshold: float, model: str) -> dict:
-    """The report for ``target`` / ``reference`` (dicts with ``corpus``, ``split``, ``dataset``)."""
+    """The report for `target` / `reference` (dicts with `corpus`, `split`, `dataset`)."""
     target_ids, reference_ids = list(target["dataset"]["image_id"]), list(reference["dataset"]["image_id"])
     caption_counts = [len(captions) for captions in target["dataset"]["captions"]]
     removed = np.flatnonzero(best_similarity >= threshold)

@@ -4,8 +4,8 @@ Each image (default 64x64 RGB, PNG) shows one to three shapes of one kind and co
 region of a plain background. Scene factors: count (1-3), shape (circle, square, triangle), colour
 (red, green, blue, yellow), position (left, right, top, bottom, centre) and background (white,
 black, grey): 540 scenes. Each image has five captions that state every factor in different words,
-e.g. ``"hai hình tròn màu đỏ ở bên trái, nền trắng"`` and ``"trên nền màu trắng có hai vòng tròn đỏ
-ở phía bên trái"``. Generation is deterministic: split ``k`` uses ``numpy.random.default_rng([seed, k])``,
+e.g. `"hai hình tròn màu đỏ ở bên trái, nền trắng"` and `"trên nền màu trắng có hai vòng tròn đỏ
+ở phía bên trái"`. Generation is deterministic: split `k` uses `numpy.random.default_rng([seed, k])`,
 so changing one split's size leaves the others unchanged. Defaults: 1,000 / 200 / 200 images.
 """
 
@@ -57,7 +57,7 @@ def _pick(rng: np.random.Generator, options):
 
 
 def _centres(rng: np.random.Generator, count: int, region, size: int, radius: float) -> np.ndarray:
-    """``count`` shape centres inside ``region`` with no two shapes touching (batched rejection sampling)."""
+    """`count` shape centres inside `region` with no two shapes touching (batched rejection sampling)."""
     x0, y0, x1, y1 = (v * size for v in region)
     while True:
         points = rng.uniform((x0, y0), (x1, y1), size=(64, count, 2))
@@ -127,7 +127,7 @@ class DemoConfig(datasets.BuilderConfig):
 
 
 class Demo(datasets.GeneratorBasedBuilder):
-    """``datasets`` builder for the demo corpus (splits train, validation, test); needs no files."""
+    """`datasets` builder for the demo corpus (splits train, validation, test); needs no files."""
 
     VERSION = datasets.Version("1.0.0")  # bump when the generated rows change
     BUILDER_CONFIG_CLASS = DemoConfig

@@ -3,8 +3,8 @@
     python -m dataset_scripts.export --corpus ktvic --data-dir data/ktvic --output-dir exports/ktvic \\
         [--split test] [--dedup-report reports/ktvic-test.json] [--push-to-hub USER/ktvic]
 
-``<output-dir>/<split>.parquet`` embeds the (RGB) image bytes; the Hub and
-``datasets.load_dataset("parquet", data_dir=...)`` recognise the split names from the file names.
+`<output-dir>/<split>.parquet` embeds the (RGB) image bytes; the Hub and
+`datasets.load_dataset("parquet", data_dir=...)` recognise the split names from the file names.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from .loading import CORPORA, canonical_split, load_corpus, parse_option
 
 
 def export_corpus(name: str, data_dir, output_dir, split=None, *, push_to_hub=None, private=False, cache_dir=None, dedup_report=None, **options) -> dict:
-    """Write ``output_dir/<split>.parquet`` for the split (or every split); push to the Hub repo
-    ``push_to_hub`` when given. Returns {split: parquet path}."""
+    """Write `output_dir/<split>.parquet` for the split (or every split); push to the Hub repo
+    `push_to_hub` when given. Returns {split: parquet path}."""
     corpus = load_corpus(name, data_dir, split, cache_dir=cache_dir, dedup_report=dedup_report, **options)
     if isinstance(corpus, datasets.Dataset):
         corpus = datasets.DatasetDict({canonical_split(split): corpus})

@@ -1,8 +1,8 @@
-"""The authors' converted format: any folder with ``train.json``, ``val.json``, ``test.json``.
+"""The authors' converted format: any folder with `train.json`, `val.json`, `test.json`.
 
-Each file: ``{"images": [{"id", "image_path"}], "annotations": [{"id", "caption", "image_id"}]}``
-with ``image_path`` relative to the folder. ``val`` is the ``validation`` split. Rows follow
-``images``; captions follow ``annotations``.
+Each file: `{"images": [{"id", "image_path"}], "annotations": [{"id", "caption", "image_id"}]}`
+with `image_path` relative to the folder. `val` is the `validation` split. Rows follow
+`images`; captions follow `annotations`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from ._common import CorpusBuilder, Entry, entries_from_coco_like, read_json
 
 
 class JsonCorpus(CorpusBuilder):
-    """``datasets`` builder for the converted JSON format (splits train, validation, test: those present)."""
+    """`datasets` builder for the converted JSON format (splits train, validation, test: those present)."""
 
     CORPUS = "json"
     SPLIT_FILES = {"train": "train.json", "validation": "val.json", "test": "test.json"}

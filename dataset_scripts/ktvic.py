@@ -1,9 +1,9 @@
-"""KTVIC as downloaded: ``train_data.json`` + ``train-images/``, ``test_data.json`` + ``public-test-images/``.
+"""KTVIC as downloaded: `train_data.json` + `train-images/`, `test_data.json` + `public-test-images/`.
 
-Annotation files: ``{"images": [{"id": int, "filename": str}], "annotations": [{"id", "image_id",
-"caption", "segment_caption"}]}`` (``filename``, not COCO's ``file_name``; extensions .jpg, .jpeg,
-.png). Rows follow ``images``; ``image_id`` is the image's ``id`` as a string; ``captions`` and the
-word-segmented ``segment_captions`` (``khung_cảnh``) follow ``annotations``.
+Annotation files: `{"images": [{"id": int, "filename": str}], "annotations": [{"id", "image_id",
+"caption", "segment_caption"}]}` (`filename`, not COCO's `file_name`; extensions .jpg, .jpeg,
+.png). Rows follow `images`; `image_id` is the image's `id` as a string; `captions` and the
+word-segmented `segment_captions` (`khung_cảnh`) follow `annotations`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ._common import CorpusBuilder, Entry, entries_from_coco_like, read_json
 
 
 class Ktvic(CorpusBuilder):
-    """``datasets`` builder for KTVIC (splits train, test)."""
+    """`datasets` builder for KTVIC (splits train, test)."""
 
     CORPUS = "ktvic"
     SPLIT_FILES = {"train": "train_data.json", "test": "test_data.json"}

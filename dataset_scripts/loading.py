@@ -1,4 +1,4 @@
-"""``load_corpus``: the one door through which training and evaluation read every corpus."""
+"""`load_corpus`: the one door through which training and evaluation read every corpus."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ SPLIT_ALIASES = {"dev": "validation", "val": "validation", "valid": "validation"
 
 
 def canonical_split(split: str | None) -> str | None:
-    """``dev``, ``val`` and ``valid`` mean ``validation``."""
+    """`dev`, `val` and `valid` mean `validation`."""
     return SPLIT_ALIASES.get(split, split)
 
 
 def parse_option(text: str) -> tuple[str, object]:
-    """argparse type for a ``KEY=VALUE`` corpus option; integer values become ints."""
+    """argparse type for a `KEY=VALUE` corpus option; integer values become ints."""
     key, sep, value = text.partition("=")
     if not key or not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -33,7 +33,7 @@ def parse_option(text: str) -> tuple[str, object]:
 
 
 def corpus_options(name: str) -> list[str]:
-    """The ``**options`` a corpus takes (fields of its builder config beyond ``datasets.BuilderConfig``)."""
+    """The `**options` a corpus takes (fields of its builder config beyond `datasets.BuilderConfig`)."""
     base = {field.name for field in dataclasses.fields(datasets.BuilderConfig)}
     return [f.name for f in dataclasses.fields(CORPORA[name].BUILDER_CONFIG_CLASS) if f.name not in base]
 
@@ -52,19 +52,19 @@ def prepare_builder(name: str, data_dir=None, *, cache_dir=None, **options) -> d
 
 
 def load_corpus(name: str, data_dir=None, split: str | None = None, *, cache_dir=None, dedup_report=None, **options):
-    """Read a corpus as one row per image: ``image`` (RGB), ``image_id`` (str), ``captions`` (list of str).
+    """Read a corpus as one row per image: `image` (RGB), `image_id` (str), `captions` (list of str).
 
     Args:
-        name: ``uit-openviic``, ``ktvic``, ``crossmodal3600``, ``json`` or ``demo``.
-        data_dir: the folder as downloaded (``None`` for ``demo``).
-        split: ``train``, ``validation`` (aliases ``dev``, ``val``) or ``test``; ``None`` for all built splits.
-        cache_dir: where built corpora are cached (default: the ``datasets`` cache).
-        dedup_report: a report from ``python -m dataset_scripts.dedupe``; its images are removed
+        name: `uit-openviic`, `ktvic`, `crossmodal3600`, `json` or `demo`.
+        data_dir: the folder as downloaded (`None` for `demo`).
+        split: `train`, `validation` (aliases `dev`, `val`) or `test`; `None` for all built splits.
+        cache_dir: where built corpora are cached (default: the `datasets` cache).
+        dedup_report: a report from `python -m dataset_scripts.dedupe`; its images are removed
             from the split it was made for.
-        **options: corpus options: ``language`` (crossmodal3600), ``train_size``, ``validation_size``,
-            ``test_size``, ``image_size``, ``seed`` (demo).
+        **options: corpus options: `language` (crossmodal3600), `train_size`, `validation_size`,
+            `test_size`, `image_size`, `seed` (demo).
 
-    Returns a ``datasets.Dataset`` for one split, else a ``datasets.DatasetDict``.
+    Returns a `datasets.Dataset` for one split, else a `datasets.DatasetDict`.
     """
     builder = prepare_builder(name, data_dir, cache_dir=cache_dir, **options)
     split = canonical_split(split)

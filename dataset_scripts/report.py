@@ -1,4 +1,4 @@
-"""Near-duplicate reports: the JSON file ``dataset_scripts.dedupe`` writes and ``load_corpus`` applies.
+"""Near-duplicate reports: the JSON file `dataset_scripts.dedupe` writes and `load_corpus` applies.
 
 A report names the target corpus and split and a fingerprint of its image ids, so it cannot be
 applied to another corpus, split or a rebuilt split with other images.
@@ -22,7 +22,7 @@ def ids_fingerprint(image_ids) -> str:
 
 
 def write_report(report: dict, path) -> None:
-    """Write ``report`` as JSON atomically (temporary file + rename): never a half-written file."""
+    """Write `report` as JSON atomically (temporary file + rename): never a half-written file."""
     with atomic_write(path) as temporary:
         temporary.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
 
@@ -39,7 +39,7 @@ def read_report(path) -> dict:
 
 
 def apply_report(dataset: datasets.Dataset, report: dict, corpus: str, split: str) -> datasets.Dataset:
-    """``dataset`` (split ``split`` of ``corpus``) without the images the report marks as near-duplicates."""
+    """`dataset` (split `split` of `corpus`) without the images the report marks as near-duplicates."""
     target = report["target"]
     if (target["corpus"], target["split"]) != (corpus, split):
         raise CorpusError(f"the dedupe report is for {target['corpus']} {target['split']}, not {corpus} {split}")

@@ -1,9 +1,9 @@
-"""UIT-OpenViIC as downloaded: ``uit-openviic-annotation-{train,dev,test}.json`` and ``images/``.
+"""UIT-OpenViIC as downloaded: `uit-openviic-annotation-{train,dev,test}.json` and `images/`.
 
-Each annotation file is one JSON object keyed by image file name (``"00000005095.jpg"``), each value
-``{"captions": [str, ...]}``. The key is the row's ``image_id``; rows follow the file's key order.
-Images are looked up in ``images/``, or next to the annotation files when there is no ``images/``.
-The dev file is the ``validation`` split. A few test JPEGs are truncated: they are decoded as far as
+Each annotation file is one JSON object keyed by image file name (`"00000005095.jpg"`), each value
+`{"captions": [str, ...]}`. The key is the row's `image_id`; rows follow the file's key order.
+Images are looked up in `images/`, or next to the annotation files when there is no `images/`.
+The dev file is the `validation` split. A few test JPEGs are truncated: they are decoded as far as
 they go, with a warning naming them.
 """
 
@@ -15,12 +15,12 @@ from ._common import CorpusBuilder, CorpusError, Entry, check_fields, read_json
 
 
 def _is_object(parsed) -> bool:
-    """Whether ``parsed`` (read with ``object_pairs_hook=list``) was a JSON object."""
+    """Whether `parsed` (read with `object_pairs_hook=list`) was a JSON object."""
     return isinstance(parsed, list) and all(isinstance(pair, tuple) for pair in parsed)
 
 
 class UitOpenviic(CorpusBuilder):
-    """``datasets`` builder for UIT-OpenViIC (splits train, validation, test)."""
+    """`datasets` builder for UIT-OpenViIC (splits train, validation, test)."""
 
     CORPUS = "uit-openviic"
     SPLIT_FILES = {

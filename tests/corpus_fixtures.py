@@ -69,7 +69,7 @@ KTVIC_TRAIN = {
 
 
 def write_ktvic(root, test=KTVIC_TEST, images=None) -> dict:
-    """KTVIC layout; ``images`` maps test file names to bytes (default: a photo for each of KTVIC_TEST's)."""
+    """KTVIC layout; `images` maps test file names to bytes (default: a photo for each of KTVIC_TEST's)."""
     write(root / "train_data.json", KTVIC_TRAIN)
     write(root / "test_data.json", test)
     write(root / "train-images" / "00000000007.jpg", encode(photo(7), "JPEG"))
