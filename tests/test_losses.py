@@ -14,9 +14,9 @@ from viclip_ot.losses import (
     LOSS_TYPES,
     ContrastiveOTLoss,
     plan_diagnostics,
-    similarity_graph,
     sigrot_divergence,
     sigrot_loss,
+    similarity_graph,
     unbalanced_sinkhorn,
     uot_soft_target_loss,
 )
@@ -129,7 +129,7 @@ def test_sinkhorn_gradcheck_through_reabsorption(monkeypatch):
     monkeypatch.setattr(losses._ScalingIterations, "apply", lambda *args: calls.append(1) or apply(*args))
     monkeypatch.setattr(losses, "_log_scaling_bound", lambda dtype: 2.0)
     cost = cosine_cost(5, 6, seed=8).requires_grad_()
-    function = lambda c: unbalanced_sinkhorn(c, 0.01, 0.5, max_iter=40, tol=0.0, check_every=2)  # noqa: E731
+    function = lambda c: unbalanced_sinkhorn(c, 0.01, 0.5, max_iter=40, tol=0.0, check_every=2)
     assert torch.autograd.gradcheck(function, (cost,))
     calls.clear()
     function(cost)

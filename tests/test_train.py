@@ -12,9 +12,9 @@ import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from training_setup import demo_split, gradients, make_trainer, random_teacher, small_model
 
 from dataset_scripts.teacher_embeddings import TeacherEmbeddings, TeacherMismatchError
-from training_setup import demo_split, gradients, make_trainer, random_teacher, small_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -356,3 +356,62 @@ def test_ablation_driver_resumes_and_reports(tmp_path, monkeypatch):
     assert f"| ViCLIP-OT, normalised plan | perfect | 2 | {mean:.1f} ± {half:.1f} |" in table
     assert half == pytest.approx(12.706 * abs(values[0] - values[1]) / 2, rel=1e-3)  # t(0.975, 1) s / sqrt(2)
     assert (tmp_path / "ablation.png").stat().st_size > 0
+
+
+class _Thumbnail(torch.nn.Module):
+    """A toy near-duplicate descriptor in SSCD's TorchScript form: the mean-centred 8x8 thumbnail, L2-normalised."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        thumb = torch.nn.functional.adaptive_avg_pool2d(x, 8)
+        return torch.nn.functional.normalize((thumb - thumb.mean(dim=(2, 3), keepdim=True)).flatten(1), dim=1)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypatch):
+    """`reproduce.py --suite paper` on the fixture corpora with tiny towers and one step per config: dedupe reports,
+    teacher file, the seven configs trained and evaluated on the paper's suite, the table beside the paper's
+    numbers; a second call reuses everything."""
+    from corpus_fixtures import write_crossmodal, write_ktvic, write_uit
+
+    import reproduce
+    import train
+    from viclip_ot.towers import save_small_text_tower
+
+    root = tmp_path / "data"
+    write_uit(root / "uit-openviic", truncate=None)
+    write_ktvic(root / "ktvic")
+    write_crossmodal(root / "crossmodal3600")
+    sscd = tmp_path / "sscd.torchscript.pt"
+    torch.jit.script(_Thumbnail()).save(str(sscd))
+    teacher = save_small_text_tower(tmp_path / "teacher", ["một con mèo", "hai chiếc xe", "bầu trời xanh"])
+    tiny = {"small_towers": "true", "image_size": "32", "projection_dim": "16",
+            "vision_model_kwargs": '{"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 8}',
+            "small_text_tower_kwargs": '{"hidden_size": 32, "num_heads": 2}', "max_steps": "1",
+            "per_device_train_batch_size": "2", "use_cpu": "true", "bf16": "false", "eval_strategy": "no",
+            "save_strategy": "no", "load_best_model_at_end": "false", "report_to": "none",
+            "dataloader_num_workers": "0", "logging_steps": "1"}
+    args = ["--suite", "paper", "--data-root", str(root), "--work-dir", str(tmp_path / "work"), "--sscd", str(sscd),
+            "--teacher", str(teacher), "--output", str(tmp_path / "paper.md")]
+    for name, value in tiny.items():
+        args += ["--train-option", name, value]
+    trained = []
+    original = train.main
+    monkeypatch.setattr(train, "main", lambda argv: trained.append(argv) or original(argv))
+    results = reproduce.main(args)
+
+    assert (root / "dedup" / "ktvic-train.json").is_file() and (root / "dedup" / "ktvic-test.json").is_file()
+    assert (tmp_path / "work" / "teachers" / "uit-openviic-train.safetensors").is_file()
+    assert [argv[0].rsplit("/", 1)[-1] for argv in trained] == [f"{name}.yaml" for name in reproduce.PAPER_CONFIGS.values()]
+    with_teacher = [argv[0].rsplit("/", 1)[-1] for argv in trained if "--teacher_embeddings" in argv]
+    assert with_teacher == ["sigrot.yaml", "viclip_ot.yaml", "visiglip_ot.yaml"]
+    table = (tmp_path / "paper.md").read_text()
+    assert list(results) == list(reproduce.PAPER_CONFIGS)
+    for row, evaluations in results.items():
+        assert list(evaluations) == ["UIT-OpenViIC test", "KTVIC train (dedup)", "KTVIC test (dedup)",
+                                     "Crossmodal-3600 vi"]
+        uit = evaluations["UIT-OpenViIC test"]["metrics"]["avg_R"]
+        published = reproduce.PAPER_AVG_R["UIT-OpenViIC test"].get(row)
+        assert f"| {row} | {uit:.2f}" + (f" ({published:.2f})" if published else " |") in table
+    assert "(67.34)" in table and "(56.17)" in table
+    reproduce.main(args)
+    assert len(trained) == 7

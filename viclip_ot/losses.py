@@ -25,7 +25,6 @@ from modeling_viclip_ot import (
 )
 
 
-
 @dataclass(frozen=True)
 class LossType:
     """What a `loss_type` combines: `contrastive` "clip", "siglip" or None; `transport` "sigrot" (needs a teacher),
