@@ -49,8 +49,8 @@ def main(argv=None):
     parser.add_argument("--output", default=Path(__file__).parent / "results" / "ablation-sinkhorn.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    lines = [f"Iterations to convergence, N = {args.captions} caption rows (> 5000: not within 5000; the default "
-             "`ot_max_iter` is 200).", "",
+    lines = [(f"Iterations to convergence, N = {args.captions} caption rows (> 5000: not within 5000; the default "
+              "`ot_max_iter` is 200)."), "",
              "| batch | eps \\ tau | " + " | ".join(f"{reg_m:g}" for reg_m in REG_MS) + " |",
              "|---|---|" + "---:|" * len(REG_MS)]
     for name, cost in costs(args.captions).items():

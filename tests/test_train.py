@@ -241,7 +241,7 @@ def test_gradient_cache_when_the_loss_uses_neither_scale_nor_bias(corpus, tmp_pa
     (the scale gets none) instead of failing on a leaf without gradient."""
     from viclip_ot.losses import ContrastiveOTLoss
 
-    folder, train, teacher = corpus
+    _, train, teacher = corpus
     model = small_model(tmp_path, [c for cs in train["captions"] for c in cs])
     trainer, collator = make_trainer(model, tmp_path / "out", teacher=teacher, gradcache_chunk_size=3)
     trainer.loss_fn = ContrastiveOTLoss("sigrot", prior_temperature=0.05)
@@ -262,7 +262,7 @@ def test_logs_carry_the_diagnostics_and_warn_of_collapse(corpus, tmp_path, caplo
     same embeddings); a collapsed interval after the first epoch, or an unconverged Sinkhorn, is a warning."""
     from viclip_ot.trainer import collapse_signs
 
-    folder, train, teacher = corpus
+    _, train, teacher = corpus
     model = small_model(tmp_path, [c for cs in train["captions"] for c in cs])
     trainer, collator = make_trainer(model, tmp_path / "out", teacher=teacher)
     batches = [collator([train[i] for i in range(start, start + 4)]) for start in (0, 4)]

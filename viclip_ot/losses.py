@@ -1,4 +1,4 @@
-"""Training losses of ViCLIP-OT (REFERENCE §2): SIGROT, the "CLIP/SigLIP + UOT" baselines, their hybrids with the
+"""Training losses of ViCLIP-OT (the paper's Eqs.): SIGROT, the "CLIP/SigLIP + UOT" baselines, their hybrids with the
 multi-positive CLIP/SigLIP losses of `modeling_viclip_ot`, the unbalanced Sinkhorn solver they share, and the
 cross-process gather.
 
