@@ -115,14 +115,13 @@ def teacher_files(folder):
 
 
 def study_runs(rows, teachers, seeds):
-    """(row, teacher or None, seed) of the study: rows without a teacher run once per seed."""
+    """(row, teacher or None, seed) of the study, in the order of `rows`: rows without a teacher run once per seed."""
     from viclip_ot.losses import LOSS_TYPES
 
     runs = []
-    for seed in seeds:
-        for row in rows:
-            needs_teacher = LOSS_TYPES[ROWS[row]["loss_type"]].needs_teacher
-            runs += [(row, teacher, seed) for teacher in (teachers if needs_teacher else [None])]
+    for row in rows:
+        needs_teacher = LOSS_TYPES[ROWS[row]["loss_type"]].needs_teacher
+        runs += [(row, teacher, seed) for seed in seeds for teacher in (teachers if needs_teacher else [None])]
     return runs
 
 
@@ -345,7 +344,8 @@ def parse_args(argv=None):
     parser.add_argument("--suite", choices=["demo", "paper"], default="demo")
     parser.add_argument("--config", default=REPO / "configs" / "demo.yaml", help="demo: the base config")
     parser.add_argument("--rows", nargs="+", default=list(ROWS)[:-1], choices=list(ROWS), metavar="ROW",
-                        help="default: all but the last (normalisation alone, left out to fit the study in an hour)")
+                        help="run in this order (default: all but the last, normalisation alone, left out to fit the "
+                             "study in an hour)")
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS), metavar="TEACHER")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=float, default=6, help="demo: training epochs of every run")
