@@ -21,11 +21,13 @@ from .model_card import write_model_card
 HEAD_PARAMETERS = ("vision_head.", "text_projection.", "logit_scale", "logit_bias")
 # Files of a checkpoint folder that are training state, not part of the model a user loads.
 TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "rng_state")
-# A logging interval after the first epoch is "collapsing" when its matched pairs are anti-aligned, matched and
-# unmatched pairs are nearly as similar, or the transport plan kept less than half its mass.
+# A logging interval after the first epoch is "collapsing" when its matched pairs are anti-aligned, all pairs are
+# similar (matched hardly above unmatched, unmatched well above an untrained model's 0), or the transport plan holds
+# less mass than an untrained model's (about 0.4 for the paper's eps and tau, all cosines near 0).
 COLLAPSE_MIN_MATCHED_COSINE = 0.0
 COLLAPSE_MIN_COSINE_MARGIN = 0.05
-COLLAPSE_MIN_PLAN_ROW_MASS = 0.5
+COLLAPSE_MAX_UNMATCHED_COSINE = 0.3
+COLLAPSE_MIN_PLAN_ROW_MASS = 0.3
 
 logger = logging.get_logger(__name__)
 
@@ -36,8 +38,9 @@ def collapse_signs(diagnostics):
     matched, unmatched = diagnostics.get("matched_cosine"), diagnostics.get("unmatched_cosine")
     if matched is not None and matched < COLLAPSE_MIN_MATCHED_COSINE:
         signs.append(f"matched pairs are anti-aligned (mean cosine {matched:.2f})")
-    if matched is not None and unmatched is not None and matched - unmatched < COLLAPSE_MIN_COSINE_MARGIN:
-        signs.append(f"matched and unmatched pairs are about as similar (mean cosines {matched:.2f}, {unmatched:.2f})")
+    if (matched is not None and unmatched is not None and matched - unmatched < COLLAPSE_MIN_COSINE_MARGIN
+            and unmatched > COLLAPSE_MAX_UNMATCHED_COSINE):
+        signs.append(f"all pairs are about as similar (mean cosines {matched:.2f} matched, {unmatched:.2f} unmatched)")
     mass = diagnostics.get("plan_row_mass")
     if mass is not None and mass < COLLAPSE_MIN_PLAN_ROW_MASS:
         signs.append(f"the transport plan shed its mass (mean row mass {mass:.2f})")
