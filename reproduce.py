@@ -43,6 +43,9 @@ ROWS = {
                                                  "prior_temperature": 0.02},
     "ViCLIP-OT, normalised plan": {"loss_type": "clip_sigrot", "normalise_plan": True},
 }
+# every run starts from the paper's loss settings (the demo config's own choices do not leak into the rows)
+PAPER_LOSS = {"contrastive_weight": 0.1, "normalise_plan": False, "prior_temperature": None,
+              "detach_prior_scale": False, "ot_reg": 0.05, "ot_reg_m": 0.5}
 TEACHERS = ("MiniLM (shipped)", "perfect", "perfect + noise")
 TEACHER_NOISE = 0.15  # standard deviation per dimension of the noisy perfect teacher (rows have norm 1)
 METRICS = ("avg_R", "alignment", "modality_gap", "plan_row_mass")
@@ -131,14 +134,14 @@ def run_path(runs_folder, row, teacher, seed):
 
 
 def train_run(config, options, output_dir):
-    """Train with `config` and `options` (field -> value) through `train.main`; the test metrics after training and
-    the last training diagnostics, as one flat dict."""
+    """Train `config` with `options` (field -> value, None included) through `train.main`, from a config file in
+    `output_dir` based on `config`; the test metrics after training and the last training diagnostics, one dict."""
     import train
+    import yaml
 
-    argv = [str(config)]
-    for name, value in options.items():
-        argv += [f"--{name}", json.dumps(value) if isinstance(value, dict) else str(value)]
-    results = train.main(argv + ["--output_dir", str(output_dir)])
+    run_config = Path(output_dir) / "run.yaml"
+    run_config.write_text(yaml.safe_dump({"base": str(Path(config).resolve()), **options}))
+    results = train.main([str(run_config), "--output_dir", str(output_dir)])
     after = {key.removeprefix("test_"): value for key, value in results["after training"].items()}
     return {**after, **results["last training diagnostics"]}
 
@@ -156,9 +159,9 @@ def run_study(args):
               "disable_tqdm": True}
     todo = [run for run in study_runs(args.rows, args.teachers, args.seeds) if not run_path(runs_folder, *run).is_file()]
     for row, teacher, seed in tqdm(todo, desc="ablation runs"):
-        options = {**common, **ROWS[row], "seed": seed}
+        options = {**common, **PAPER_LOSS, **ROWS[row], "seed": seed}
         if teacher is not None:
-            options["teacher_embeddings"] = teachers[teacher]
+            options["teacher_embeddings"] = str(teachers[teacher])
         output_dir = Path(tempfile.mkdtemp(dir=work))
         start = time.perf_counter()
         metrics = train_run(args.config, options, output_dir)
@@ -200,8 +203,8 @@ def write_report(runs_folder, output, expected=()):
     groups = collect(runs_folder)
     if not groups:
         raise SystemExit(f"no finished runs in {runs_folder}")
-    records = [record for records in groups.values() for record in records]
-    sizes = sorted({(record["train_images"], record["epochs"]) for record in records})
+    finished = [record for records in groups.values() for record in records]
+    sizes = sorted({(record["train_images"], record["epochs"]) for record in finished})
     size = ", ".join(f"{images} training images x {epochs:g} epochs" for images, epochs in sizes)
     lines = [
         (f"Demo corpus, test split (200 images); `configs/demo.yaml` towers and optimiser, {size} (batch 64), no "
@@ -222,8 +225,8 @@ def write_report(runs_folder, output, expected=()):
             digits = 1 if metric == "avg_R" else 2
             cells.append(f"{mean:.{digits}f} ± {half:.{digits}f}")
         lines.append(f"| {row} | {teacher or '-'} | {len(records)} | " + " | ".join(cells) + " |")
-    finished = {(record["row"], record["teacher"], record["seed"]) for record in records}
-    missing = [run for run in expected if run not in finished]
+    done = {(record["row"], record["teacher"], record["seed"]) for record in finished}
+    missing = [run for run in expected if run not in done]
     if missing:
         lines += ["", f"**Partial: {len(missing)} of {len(expected)} runs missing:** "
                   + "; ".join(f"{row} / {teacher or '-'} / seed {seed}" for row, teacher, seed in missing)]
