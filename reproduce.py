@@ -136,8 +136,9 @@ def run_path(runs_folder, row, teacher, seed):
 def train_run(config, options, output_dir):
     """Train `config` with `options` (field -> value, None included) through `train.main`, from a config file in
     `output_dir` based on `config`; the test metrics after training and the last training diagnostics, one dict."""
-    import train
     import yaml
+
+    import train
 
     run_config = Path(output_dir) / "run.yaml"
     run_config.write_text(yaml.safe_dump({"base": str(Path(config).resolve()), **options}))
