@@ -17,12 +17,10 @@ from modeling_viclip_ot import ViCLIPOTModel
 from processing_viclip_ot import ViCLIPOTProcessor
 from viclip_ot.arguments import parse_arguments
 from viclip_ot.data import ContrastiveCollator, train_transform
-from viclip_ot.losses import ContrastiveOTLoss
+from viclip_ot.losses import LOSS_TYPES, ContrastiveOTLoss
 from viclip_ot.metrics import format_metrics_table
 from viclip_ot.towers import save_small_text_tower, small_config, small_image_tower_kwargs
 from viclip_ot.trainer import ViCLIPOTTrainer, freeze
-
-TEACHER_LOSSES = ("clip_sigrot", "siglip_sigrot", "sigrot")
 
 
 def load_split(data, split, limit=None):
@@ -52,7 +50,12 @@ def build_model(model_args, train_dataset, output_dir):
     return model
 
 
-def main(argv):
+DIAGNOSTICS = ("plan_row_mass", "matched_cosine", "unmatched_cosine", "sinkhorn_unconverged")
+
+
+def main(argv) -> dict:
+    """Train, save `final/`, and return the test metrics before and after training (when there is a test split) and
+    `last training diagnostics`, the training batches' diagnostics of the last logging interval."""
     model_args, data_args, loss_args, training_args = parse_arguments(argv)
     set_seed(training_args.seed)
 
@@ -61,7 +64,7 @@ def main(argv):
     test_dataset = load_split(data_args, data_args.test_split) if data_args.test_split else None
 
     teacher = None
-    if loss_args.loss_type in TEACHER_LOSSES:
+    if LOSS_TYPES[loss_args.loss_type].needs_teacher:
         if not data_args.teacher_embeddings:
             raise ValueError(f"loss_type={loss_args.loss_type} needs --teacher_embeddings (see dataset_scripts/teacher_embeddings.py)")
         teacher = TeacherEmbeddings.load(data_args.teacher_embeddings)
@@ -94,12 +97,17 @@ def main(argv):
         results["after training"] = trainer.evaluate(test_dataset, metric_key_prefix="test")
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training")
+    logged = [entry for entry in trainer.state.log_history if "plan_row_mass" in entry]
+    diagnostics = {name: logged[-1][name] for name in DIAGNOSTICS if logged and name in logged[-1]}
     if trainer.is_world_process_zero():
+        if diagnostics:
+            print("\nlast training diagnostics: " + ", ".join(f"{k} {v:.3f}" for k, v in diagnostics.items()))
         if results:
             table = format_metrics_table({name: {k[5:]: v for k, v in metrics.items()} for name, metrics in results.items()})
             print(f"\n{data_args.dataset} {data_args.test_split} ({len(test_dataset)} images):\n{table}")
             (final_dir / "results.json").write_text(json.dumps(results, indent=2))
         print(f"\nmodel saved to {final_dir}")
+    return {**results, "last training diagnostics": diagnostics}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""viclip_ot.losses against POT and against direct evaluations of the REFERENCE §2 formulas (loops in numpy)."""
+"""viclip_ot.losses against POT and against direct evaluations of the formulas (loops in numpy)."""
 
+import functools
 import math
 
 import numpy as np
@@ -13,8 +14,10 @@ from viclip_ot.losses import (
     GRAPH_STRATEGIES,
     LOSS_TYPES,
     ContrastiveOTLoss,
-    similarity_graph,
+    plan_diagnostics,
+    sigrot_divergence,
     sigrot_loss,
+    similarity_graph,
     unbalanced_sinkhorn,
     uot_soft_target_loss,
 )
@@ -117,7 +120,8 @@ def test_small_reg_is_finite_and_right(reg_m):
 def test_sinkhorn_gradcheck():
     cost = cosine_cost(5, 6, seed=7).requires_grad_()
     for reg, reg_m in ((0.05, 0.5), (0.1, math.inf), (0.01, 1.0)):
-        assert torch.autograd.gradcheck(lambda c: unbalanced_sinkhorn(c, reg, reg_m, max_iter=30, tol=None), (cost,))
+        assert torch.autograd.gradcheck(functools.partial(unbalanced_sinkhorn, reg=reg, reg_m=reg_m, max_iter=30, tol=None),
+                                        (cost,))
 
 
 def test_sinkhorn_gradcheck_through_reabsorption(monkeypatch):
@@ -127,7 +131,7 @@ def test_sinkhorn_gradcheck_through_reabsorption(monkeypatch):
     monkeypatch.setattr(losses._ScalingIterations, "apply", lambda *args: calls.append(1) or apply(*args))
     monkeypatch.setattr(losses, "_log_scaling_bound", lambda dtype: 2.0)
     cost = cosine_cost(5, 6, seed=8).requires_grad_()
-    function = lambda c: unbalanced_sinkhorn(c, 0.01, 0.5, max_iter=40, tol=0.0, check_every=2)  # noqa: E731
+    function = lambda c: unbalanced_sinkhorn(c, 0.01, 0.5, max_iter=40, tol=0.0, check_every=2)
     assert torch.autograd.gradcheck(function, (cost,))
     calls.clear()
     function(cost)
@@ -234,9 +238,12 @@ def direct_kl(target, prior):
     ) / n
 
 
-def direct_sigrot(inputs, scale, strategy="cross_modality", reg=0.05, reg_m=0.5):
+def direct_sigrot(inputs, scale, strategy="cross_modality", reg=0.05, reg_m=0.5, normalise_plan=False):
     target, graph = direct_plan(inputs, reg, reg_m), direct_graph(inputs, strategy)
-    return (direct_kl(target, row_softmax(scale * graph)) + direct_kl(target.T, row_softmax(scale * graph.T))) / 2
+    forward, backward = target, target.T
+    if normalise_plan:  # each row a distribution
+        forward, backward = (t / t.sum(axis=1, keepdims=True) for t in (forward, backward))
+    return (direct_kl(forward, row_softmax(scale * graph)) + direct_kl(backward, row_softmax(scale * graph.T))) / 2
 
 
 def soft_cross_entropy(logits, targets):
@@ -301,6 +308,17 @@ def test_sigrot_loss(strategy):
     assert loss.item() == pytest.approx(direct_sigrot(numpy_of(inputs), scale, strategy), rel=1e-10)
 
 
+@pytest.mark.parametrize("strategy", ["cross_modality", "caption_only"])
+def test_sigrot_loss_with_normalised_plan(strategy):
+    inputs, scale = batch(seed=3), 7.0
+    graph = similarity_graph(*teachers(inputs), strategy)
+    loss = sigrot_loss(inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], graph,
+                       torch.tensor(scale, dtype=torch.float64), normalise_plan=True, **CONVERGED)
+    expected = direct_sigrot(numpy_of(inputs), scale, strategy, normalise_plan=True)
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+    assert expected != pytest.approx(direct_sigrot(numpy_of(inputs), scale, strategy), rel=1e-3)
+
+
 def test_sigrot_with_an_asymmetric_graph():
     """text->image uses row-softmax(s S^T): checked with a graph that is not symmetric."""
     inputs = batch(seed=20)
@@ -316,7 +334,7 @@ def test_uot_soft_target_losses():
     inputs, scale, bias = batch(seed=30), 5.0, -2.0
     arguments = (inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], scale)
     clip = uot_soft_target_loss(*arguments, **CONVERGED)
-    siglip = uot_soft_target_loss(*arguments, logit_bias=bias, **CONVERGED)
+    siglip = uot_soft_target_loss(*arguments, bias=bias, **CONVERGED)
     assert clip.item() == pytest.approx(direct_clip_uot(numpy_of(inputs), scale), rel=1e-10)
     assert siglip.item() == pytest.approx(direct_siglip_uot(numpy_of(inputs), scale, bias), rel=1e-10)
 
@@ -352,19 +370,112 @@ def test_every_loss_type(loss_type):
         assert output.sigrot.item() == pytest.approx(sigrot, rel=1e-10)
 
 
+@pytest.mark.parametrize("loss_type", ["clip_sigrot", "sigrot"])
+def test_normalised_plan_option(loss_type):
+    inputs, scale = batch(seed=41), 6.0
+    direct = numpy_of(inputs)
+    sigrot = direct_sigrot(direct, scale, normalise_plan=True)
+    expected = sigrot + (0.1 * direct_clip(direct, scale) if loss_type == "clip_sigrot" else 0)
+    output = module_loss(loss_type, inputs, scale, normalise_plan=True)
+    assert output.loss.item() == pytest.approx(expected, rel=1e-10)
+    assert output.sigrot.item() == pytest.approx(sigrot, rel=1e-10)
+
+
+def test_detach_prior_scale_keeps_the_value_and_drops_sigrots_scale_gradient():
+    """Same loss; the scale's gradient is then the contrastive term's alone (lambda times the gradient of the
+    multi-positive CLIP loss, from modeling_viclip_ot); the embeddings' gradients do not change."""
+    from modeling_viclip_ot import contrastive_loss
+
+    inputs = batch(seed=42)
+    image, text = inputs["image_embeds"].requires_grad_(), inputs["text_embeds"].requires_grad_()
+    results = {}
+    for detach in (False, True):
+        scale = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
+        loss = ContrastiveOTLoss("clip_sigrot", detach_prior_scale=detach)(
+            image, text, inputs["caption_image_index"], scale, None, inputs["teacher_image_embeds"],
+            inputs["teacher_text_embeds"]).loss
+        results[detach] = (loss, *torch.autograd.grad(loss, (image, text, scale)))
+    scale = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
+    (clip_gradient,) = torch.autograd.grad(0.1 * contrastive_loss(image, text, inputs["caption_image_index"], scale),
+                                           scale)
+    assert results[True][0].item() == pytest.approx(results[False][0].item(), rel=1e-12)
+    for ours, plain in zip(results[True][1:3], results[False][1:3]):
+        torch.testing.assert_close(ours, plain, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(results[True][3], clip_gradient, rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(results[False][3], clip_gradient)
+
+
+def test_an_empty_plan_is_the_papers_escape_not_the_normalised_ones():
+    """Raising every cost by c makes the plan lose mass (through the embeddings: the modalities drift apart). The
+    paper's generalised KL of a plan of the wrong shape (random embeddings) falls on the way, has its minimum at a
+    fraction of the mass, and tends to sum(G) / N = 1 whatever the teacher says, which is below its value at the
+    original costs: an emptier plan is a better solution. The KL of the row-normalised plan does not change with c at
+    all, so shedding mass gains nothing."""
+    inputs, scale = batch(seed=43), 20.0
+    graph = similarity_graph(*teachers(inputs))
+    cost = 1 - torch.as_tensor(direct_logits(numpy_of(inputs), 1.0))
+    paper, normalised, masses = [], [], []
+    for shift in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0):
+        plan = len(INDEX) * unbalanced_sinkhorn(cost + shift, 0.05, 0.5, **CONVERGED)
+        masses.append(plan.sum(1).mean().item())
+        paper.append(sigrot_divergence(plan, graph, scale).item())
+        normalised.append(sigrot_divergence(plan, graph, scale, normalise_plan=True).item())
+    assert masses[-1] < 1e-3 and all(np.diff(masses) < 0)
+    best = int(np.argmin(paper))
+    assert best > 0 and masses[best] < masses[0] / 2 and paper[best] < paper[0] - 0.2
+    assert paper[-1] == pytest.approx(1.0, abs=1e-2) and paper[0] > paper[-1]
+    np.testing.assert_allclose(normalised, normalised[0], rtol=1e-9)
+
+
+def test_plan_diagnostics():
+    inputs = batch(seed=45)
+    direct = numpy_of(inputs)
+    cosine, plan = direct_logits(direct, 1.0), direct_plan(direct)
+    same = np.equal.outer(INDEX, INDEX)
+    diagnostics = plan_diagnostics(inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"],
+                                   torch.as_tensor(plan))
+    assert diagnostics["plan_row_mass"].item() == pytest.approx(plan.sum(1).mean(), rel=1e-12)
+    assert diagnostics["matched_cosine"].item() == pytest.approx(cosine[same].mean(), rel=1e-12)
+    assert diagnostics["unmatched_cosine"].item() == pytest.approx(cosine[~same].mean(), rel=1e-12)
+    for loss_type in LOSS_TYPES:  # every loss reports them, on a plan with the loss's Sinkhorn settings
+        output = module_loss(loss_type, inputs)
+        assert output.diagnostics["plan_row_mass"] == pytest.approx(plan.sum(1).mean(), rel=1e-9)
+        assert output.diagnostics["matched_cosine"] == pytest.approx(cosine[same].mean(), rel=1e-9)
+        assert output.diagnostics["sinkhorn_unconverged"] == 0.0
+
+
+def test_unconverged_sinkhorn_is_reported():
+    cost = cosine_cost(12, 12)
+    assert unbalanced_sinkhorn(cost, 0.01, 0.5, max_iter=20, return_converged=True)[1] is False
+    plan, converged = unbalanced_sinkhorn(cost, 0.01, 0.5, return_converged=True, **CONVERGED)
+    assert converged is True and torch.equal(plan, unbalanced_sinkhorn(cost, 0.01, 0.5, **CONVERGED))
+    assert unbalanced_sinkhorn(cost, 0.01, 0.5, max_iter=20, tol=None, return_converged=True)[1] is None
+    inputs = batch(seed=46)
+    output = ContrastiveOTLoss("clip_sigrot", ot_reg=0.01, ot_max_iter=3)(
+        inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], torch.tensor(6.0), None,
+        inputs["teacher_image_embeds"], inputs["teacher_text_embeds"])
+    assert output.diagnostics["sinkhorn_unconverged"] == 1.0
+
+
 def test_fixed_prior_temperature():
     inputs = batch(seed=50)
     output = module_loss("sigrot", inputs, scale=6.0, prior_temperature=0.05)
     assert output.loss.item() == pytest.approx(direct_sigrot(numpy_of(inputs), 1 / 0.05), rel=1e-10)
 
 
-@pytest.mark.parametrize("loss_type", [name for name in LOSS_TYPES if not name.endswith("uot")])
-def test_gradcheck(loss_type):
+GRADCHECK_CASES = [(name, {}) for name in LOSS_TYPES if not name.endswith("uot")] + [
+    ("clip_sigrot", {"normalise_plan": True}), ("sigrot", {"normalise_plan": True}),
+    ("sigrot", {"normalise_plan": True, "ot_reg_m": math.inf}),
+]
+
+
+@pytest.mark.parametrize(("loss_type", "options"), GRADCHECK_CASES)
+def test_gradcheck(loss_type, options):
     inputs = batch(seed=60)
     image, text = inputs["image_embeds"].requires_grad_(), inputs["text_embeds"].requires_grad_()
     scale = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
     bias = torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)
-    module = ContrastiveOTLoss(loss_type, ot_max_iter=30, ot_tol=None)
+    module = ContrastiveOTLoss(loss_type, ot_max_iter=30, ot_tol=None, **options)
 
     def loss(image, text, scale, bias):
         return module(image, text, inputs["caption_image_index"], scale, bias, inputs["teacher_image_embeds"],
@@ -473,7 +584,7 @@ def test_bad_options_and_inputs():
     arguments = (inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], torch.tensor(6.0))
     with pytest.raises(ValueError, match="teacher"):
         ContrastiveOTLoss("clip_sigrot")(*arguments)
-    with pytest.raises(ValueError, match="logit_bias"):
+    with pytest.raises(ValueError, match="needs a bias"):
         ContrastiveOTLoss("siglip")(*arguments)
     with pytest.raises(ValueError, match="caption_image_index"):
         ContrastiveOTLoss("clip")(inputs["image_embeds"][:2], *arguments[1:])

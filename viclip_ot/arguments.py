@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from .losses import GRAPH_STRATEGIES, LOSS_TYPES
+
 
 @dataclass
 class ModelArguments:
@@ -83,20 +85,32 @@ class DataArguments:
 class LossArguments:
     loss_type: str = field(
         default="clip_sigrot",
-        metadata={"help": "clip, siglip, clip_sigrot, siglip_sigrot, sigrot, clip_uot or siglip_uot."},
+        metadata={
+            "help": "; ".join(f"{name}: {kind.description}" for name, kind in LOSS_TYPES.items()),
+            "choices": list(LOSS_TYPES),
+        },
     )
     contrastive_weight: float = field(default=0.1, metadata={"help": "lambda in L_SIGROT + lambda * L_contrastive."})
     ot_reg: float = field(default=0.05, metadata={"help": "Entropic regularisation eps."})
     ot_reg_m: float = field(default=0.5, metadata={"help": "Marginal relaxation tau (inf: balanced OT)."})
-    ot_max_iter: int = 200
+    ot_max_iter: int = field(
+        default=200, metadata={"help": "Sinkhorn iterations at most (a run stopping here unconverged is logged)."}
+    )
     ot_tol: float = 1e-6
     ot_check_every: int = field(default=10, metadata={"help": "Sinkhorn iterations between convergence checks."})
     graph_strategy: str = field(
-        default="cross_modality",
-        metadata={"help": "cross_modality, arithmetic_mean, harmonic_mean, caption_only or image_only."},
+        default="cross_modality", metadata={"help": "Teacher similarity graph.", "choices": list(GRAPH_STRATEGIES)}
     )
     prior_temperature: float | None = field(
         default=None, metadata={"help": "Fixed temperature of the prior (default: the model's learnable scale)."}
+    )
+    detach_prior_scale: bool = field(
+        default=False, metadata={"help": "The prior uses the model's scale without passing SIGROT's gradient to it."}
+    )
+    normalise_plan: bool = field(
+        default=False,
+        metadata={"help": "KL between the row-normalised plan and the prior (default: the paper's generalised KL of "
+                          "the plan itself, which an empty or full plan can game)."},
     )
     detach_plan: bool = field(default=False, metadata={"help": "Stop gradients through the Sinkhorn iterations."})
 

@@ -4,7 +4,8 @@
 2. Compute the loss once on all embeddings (as detached leaves) and back-propagate it to them: the cache.
 3. Re-encode each chunk with gradient, replaying its random state (the same dropout masks), and back-propagate
    `sum(embeddings * cached gradient)`; parameters used only by the loss (the logit scale and bias) receive their
-   gradient once, through the last chunk's surrogate.
+   gradient once, through the last chunk's surrogate (none when the loss does not use them, e.g. a CLIP loss on a
+   model with a bias, or SIGROT alone with a fixed prior temperature).
 
 Everything but the last chunk runs under `no_sync` so that DDP reduces the gradients once per step.
 """
@@ -68,7 +69,8 @@ def cached_backward(encode, chunks, loss_fn, loss_parameters, backward=torch.aut
         with state.replay(), contextlib.nullcontext() if last else no_sync():
             surrogate = sum((output * cache.grad).sum() for output, cache in zip(encode(chunk), outputs))
             if last:
-                surrogate = surrogate + sum((p * leaf.grad).sum() for p, leaf in zip(loss_parameters, leaves))
+                used = [(p, leaf.grad) for p, leaf in zip(loss_parameters, leaves) if leaf.grad is not None]
+                surrogate = surrogate + sum((p * grad).sum() for p, grad in used)
             backward(surrogate)
     return loss.detach(), extras
 

@@ -1,16 +1,16 @@
-"""Training losses of ViCLIP-OT (REFERENCE §2): SIGROT, the "CLIP/SigLIP + UOT" baselines, their hybrids with the
+"""Training losses of ViCLIP-OT (the paper's Eqs.): SIGROT, the "CLIP/SigLIP + UOT" baselines, their hybrids with the
 multi-positive CLIP/SigLIP losses of `modeling_viclip_ot`, the unbalanced Sinkhorn solver they share, and the
 cross-process gather.
 
 Conventions: a batch holds B unique images and N captions; `caption_image_index[k]` is the image of caption k, and
 caption row k pairs caption k with that image, so every N x N matrix below is indexed by caption rows. Images are
-encoded once and expanded to rows here. `logit_scale` is the scale s itself (already exponentiated). Every loss runs
-with autocast off and its inputs upcast to float32 (float64 stays float64).
+encoded once and expanded to rows here. `scale` is the scale s itself (the model's `logit_scale` is its log), `bias`
+SigLIP's b. Every loss runs with autocast off and its inputs upcast to float32 (float64 stays float64).
 """
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -21,9 +21,37 @@ from modeling_viclip_ot import (
     caption_row_logits,
     check_caption_image_index,
     contrastive_loss,
+    same_image_mask,
 )
 
-LOSS_TYPES = ("clip", "siglip", "clip_sigrot", "siglip_sigrot", "sigrot", "clip_uot", "siglip_uot")
+
+@dataclass(frozen=True)
+class LossType:
+    """What a `loss_type` combines: `contrastive` "clip", "siglip" or None; `transport` "sigrot" (needs a teacher),
+    "uot" (the student's own plan as soft targets, in place of the contrastive targets) or None."""
+
+    contrastive: str | None
+    transport: str | None
+    description: str
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.transport == "sigrot"
+
+    @property
+    def needs_bias(self) -> bool:
+        return self.contrastive == "siglip"
+
+
+LOSS_TYPES = {
+    "clip": LossType("clip", None, "multi-positive CLIP loss"),
+    "siglip": LossType("siglip", None, "multi-positive SigLIP loss"),
+    "clip_sigrot": LossType("clip", "sigrot", "ViCLIP-OT: L_SIGROT + lambda L_CLIP"),
+    "siglip_sigrot": LossType("siglip", "sigrot", "ViSigLIP-OT: L_SIGROT + lambda L_SigLIP"),
+    "sigrot": LossType(None, "sigrot", "L_SIGROT alone"),
+    "clip_uot": LossType("clip", "uot", "CLIP with the student's UOT plan as soft targets"),
+    "siglip_uot": LossType("siglip", "uot", "SigLIP with the student's UOT plan as soft targets"),
+}
 GRAPH_STRATEGIES = ("cross_modality", "arithmetic_mean", "harmonic_mean", "caption_only", "image_only")
 
 
@@ -52,7 +80,8 @@ def _full_precision(function):
 
 
 @_full_precision
-def unbalanced_sinkhorn(cost, reg, reg_m, a=None, b=None, max_iter=200, tol=1e-6, check_every=10, detach_plan=False):
+def unbalanced_sinkhorn(cost, reg, reg_m, a=None, b=None, max_iter=200, tol=1e-6, check_every=10, detach_plan=False,
+                        return_converged=False):
     """The entropic unbalanced transport plan that `ot.unbalanced.sinkhorn_unbalanced(a, b, cost, reg, reg_m,
     reg_type="kl")` computes:
 
@@ -78,8 +107,9 @@ def unbalanced_sinkhorn(cost, reg, reg_m, a=None, b=None, max_iter=200, tol=1e-6
     Args:
         cost: (N, M) cost matrix. a, b: positive (N,), (M,) weights, uniform 1/N, 1/M by default.
         reg: entropic regularisation (eps). reg_m: marginal relaxation (tau), `float("inf")` for balanced OT.
+        return_converged: also return whether the criterion was met before `max_iter` (None when `tol` is None).
     Returns:
-        The (N, M) plan, float32 (float64 for float64 input).
+        The (N, M) plan, float32 (float64 for float64 input); `(plan, converged)` with `return_converged`.
     """
     num_rows, num_cols = cost.shape
     log_a = cost.new_full((num_rows,), -math.log(num_rows)) if a is None else a.log()
@@ -96,15 +126,18 @@ def unbalanced_sinkhorn(cost, reg, reg_m, a=None, b=None, max_iter=200, tol=1e-6
             kernel = torch.exp(log_kernel + alpha[:, None] + beta)
             done += 1
             if done >= max_iter:
-                return kernel
+                plan, converged = kernel, False
+                break
             a_term, b_term = fi * log_a - (1 - fi) * alpha, fi * log_b - (1 - fi) * beta
-            log_u, log_v, steps, drifted = _ScalingIterations.apply(
+            log_u, log_v, steps, stop = _ScalingIterations.apply(
                 kernel, a_term, b_term, alpha.detach(), beta.detach(), max_iter - done, options
             )
             done += steps
             alpha, beta = alpha + log_u, beta + log_v
-            if not drifted:  # the plan diag(u) K diag(v), as one exp (which keeps only its result for backward)
-                return torch.exp(log_kernel + alpha[:, None] + beta)
+            if stop != "drifted":  # the plan diag(u) K diag(v), as one exp (which keeps only its result for backward)
+                plan, converged = torch.exp(log_kernel + alpha[:, None] + beta), stop == "converged"
+                break
+    return (plan, None if tol is None else converged) if return_converged else plan
 
 
 class _ScalingIterations(torch.autograd.Function):
@@ -113,7 +146,8 @@ class _ScalingIterations(torch.autograd.Function):
         log u <- a_term - fi log(K v),    log v <- b_term - fi log(K^T u),    from log u = log v = 0,
 
     for at most `max_steps` iterations, stopping at convergence or, to be absorbed again, when the scalings drift too
-    far (see `unbalanced_sinkhorn`). Forward returns (log u, log v, iterations run, whether it stopped for drift).
+    far (see `unbalanced_sinkhorn`). Forward returns (log u, log v, iterations run, why it stopped: "converged",
+    "drifted" or "max_iter").
     Backward replays the iterations in reverse from the saved vectors; the gradient of K, one outer product per
     matrix-vector product, is summed in one matrix product. Clamped entries pass no gradient.
     """
@@ -125,7 +159,7 @@ class _ScalingIterations(torch.autograd.Function):
         # row t holds the vectors of iteration t + 1, which reads v[t] = exp(log_v[t]); log_v[0] = 0 is the start
         v, kv, u, ktu = (kernel.new_empty(max_steps, size) for size in (columns, rows, rows, columns))
         log_u, log_v = kernel.new_zeros(max_steps + 1, rows), kernel.new_zeros(max_steps + 1, columns)
-        drifted = False
+        stop = "max_iter"
         for t in range(max_steps):
             steps = t + 1
             torch.exp(log_v[t], out=v[t])
@@ -139,15 +173,15 @@ class _ScalingIterations(torch.autograd.Function):
                          + _pot_error(beta + log_v[t], beta + log_v[steps])) / 2
                 drift = torch.cat([log_u[steps], log_v[steps]]).abs().max()
                 error, drift = torch.stack([error, drift]).tolist()  # the one host synchronisation
-                drifted = not drift < bound / 2
-                if drifted or error < tol:
+                if not drift < bound / 2 or error < tol:
+                    stop = "drifted" if not drift < bound / 2 else "converged"
                     break
         # d log u_t / d kv_t and d log v_t / d ktu_t; a clamped entry passes no gradient
         live_u, live_v = log_u[1 : steps + 1].abs() < bound, log_v[1 : steps + 1].abs() < bound
         kv_slope = torch.where(live_u & (kv[:steps] > tiny), -fi / kv[:steps], 0)
         ktu_slope = torch.where(live_v & (ktu[:steps] > tiny), -fi / ktu[:steps], 0)
         ctx.save_for_backward(kernel, v[:steps], u[:steps], kv_slope, ktu_slope, live_u, live_v)
-        return log_u[steps].clone(), log_v[steps].clone(), steps, drifted
+        return log_u[steps].clone(), log_v[steps].clone(), steps, stop
 
     @staticmethod
     def backward(ctx, grad_log_u, grad_log_v, *_):
@@ -214,9 +248,13 @@ def similarity_graph(teacher_image_embeds, teacher_text_embeds, caption_image_in
 
 
 def _caption_row_plan(image_embeds, text_embeds, caption_image_index, reg, reg_m, **sinkhorn_options):
-    """T = N P*, P* the unbalanced plan of the cosine cost C_ij = 1 - x_i . y_j between caption rows, a = b = 1/N."""
+    """T = N P*, P* the unbalanced plan of the cosine cost C_ij = 1 - x_i . y_j between caption rows, a = b = 1/N
+    (with `return_converged`, `(T, converged)`)."""
     cost = 1 - caption_row_logits(image_embeds, text_embeds, caption_image_index, 1.0)
-    return cost.shape[0] * unbalanced_sinkhorn(cost, reg, reg_m, **sinkhorn_options)
+    result = unbalanced_sinkhorn(cost, reg, reg_m, **sinkhorn_options)
+    if sinkhorn_options.get("return_converged"):
+        return cost.shape[0] * result[0], result[1]
+    return cost.shape[0] * result
 
 
 def _generalised_kl(target, log_prior):
@@ -228,9 +266,23 @@ def _generalised_kl(target, log_prior):
     return terms.sum() / target.shape[0]
 
 
+def _rows_summing_to_one(matrix):
+    return matrix / matrix.sum(dim=1, keepdim=True).clamp_min(torch.finfo(matrix.dtype).tiny)
+
+
+def sigrot_divergence(plan, graph, prior_scale, normalise_plan=False):
+    """The SIGROT loss of a given N x N plan T = N P* and graph S (see `sigrot_loss`): the mean of KL(T || G) and
+    KL(T^T || row-softmax(s S^T)), G = row-softmax(s S), with the rows of T (of T^T) normalised first under
+    `normalise_plan`."""
+    image_to_text, text_to_image = (_rows_summing_to_one(t) if normalise_plan else t for t in (plan, plan.T))
+    image_to_text = _generalised_kl(image_to_text, F.log_softmax(prior_scale * graph, dim=1))
+    text_to_image = _generalised_kl(text_to_image, F.log_softmax(prior_scale * graph.T, dim=1))
+    return (image_to_text + text_to_image) / 2
+
+
 @_full_precision
 def sigrot_loss(image_embeds, text_embeds, caption_image_index, graph, prior_scale, reg=0.05, reg_m=0.5,
-                **sinkhorn_options):
+                normalise_plan=False, **sinkhorn_options):
     """SIGROT: the generalised KL from the similarity-graph prior to the student's transport plan, both directions.
 
     T = N P*, P* = `unbalanced_sinkhorn(C, reg, reg_m)` of C_ij = 1 - x_i . y_j over caption rows (rows: each row's
@@ -239,6 +291,12 @@ def sigrot_loss(image_embeds, text_embeds, caption_image_index, graph, prior_sca
 
         image->text: KL(T || row-softmax(s S)),   text->image: KL(T^T || row-softmax(s S^T)),
         KL(T || G) = (1/N) sum_ij [T_ij (log T_ij - log G_ij - 1) + G_ij];   loss = their mean.
+
+    `normalise_plan=True` divides each row of T (of T^T) by its sum first: the KL between the plan's row
+    distributions and the prior's. The paper's generalised KL also prices the plan's mass, m log m - m + 1 per row of
+    mass m times the row's shape mismatch: an empty plan costs only 1, so a plan that cannot match G's shape sheds mass
+    (all costs up: anti-aligned modalities), and a full row needs every cost near 0 (all pairs similar). Normalised,
+    the loss depends only on where each row's mass goes.
 
     The text->image plan is P*^T: the problem with cost C^T and equal uniform marginals is solved by P*^T, so one
     Sinkhorn run serves both. The five graphs are symmetric, so both directions share the prior G and differ only in
@@ -249,16 +307,22 @@ def sigrot_loss(image_embeds, text_embeds, caption_image_index, graph, prior_sca
         graph: (N, N) from `similarity_graph`. sinkhorn_options: `max_iter`, `tol`, `check_every`, `detach_plan`.
     """
     plan = _caption_row_plan(image_embeds, text_embeds, caption_image_index, reg, reg_m, **sinkhorn_options)
-    image_to_text = _generalised_kl(plan, F.log_softmax(prior_scale * graph, dim=1))
-    text_to_image = _generalised_kl(plan.T, F.log_softmax(prior_scale * graph.T, dim=1))
-    return (image_to_text + text_to_image) / 2
+    return sigrot_divergence(plan, graph, prior_scale, normalise_plan)
+
+
+def _uot_soft_target_of_plan(logits, plan, siglip):
+    """The "+ UOT" loss of logits with the constant plan T as soft targets (see `uot_soft_target_loss`)."""
+    if not siglip:
+        return (F.cross_entropy(logits, _rows_summing_to_one(plan))
+                + F.cross_entropy(logits.T, _rows_summing_to_one(plan.T))) / 2
+    return F.binary_cross_entropy_with_logits(logits, plan.clamp(0, 1), reduction="sum") / logits.shape[0]
 
 
 @_full_precision
-def uot_soft_target_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None, reg=0.05,
-                         reg_m=0.5, **sinkhorn_options):
-    """The "CLIP + UOT" (no `logit_bias`) and "SigLIP + UOT" (with it) baselines: the student's own plan as soft
-    targets in place of the multi-positive ones.
+def uot_soft_target_loss(image_embeds, text_embeds, caption_image_index, scale, bias=None, reg=0.05, reg_m=0.5,
+                         **sinkhorn_options):
+    """The "CLIP + UOT" (no `bias`) and "SigLIP + UOT" (with it) baselines: the student's own plan as soft targets in
+    place of the multi-positive ones.
 
     T = N P* of the student's cosine cost as in `sigrot_loss`, computed without gradient and without a graph;
     logits l_ij = s x_i . y_j (+ b) over caption rows.
@@ -267,19 +331,24 @@ def uot_soft_target_loss(image_embeds, text_embeds, caption_image_index, logit_s
       - SigLIP + UOT: (1/N) sum_ij [q_ij softplus(-l_ij) + (1 - q_ij) softplus(l_ij)], q = T clamped to [0, 1]: the
         sigmoid loss with soft labels (SigLIP's exactly when T is the identity of one caption per image).
     """
-    logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias)
+    logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, scale, bias)
     with torch.no_grad():
         plan = _caption_row_plan(image_embeds, text_embeds, caption_image_index, reg, reg_m, **sinkhorn_options)
-    if logit_bias is None:
-        tiny = torch.finfo(plan.dtype).tiny
-        row_targets = plan / plan.sum(dim=1, keepdim=True).clamp_min(tiny)
-        column_targets = plan.T / plan.sum(dim=0)[:, None].clamp_min(tiny)
-        return (F.cross_entropy(logits, row_targets) + F.cross_entropy(logits.T, column_targets)) / 2
-    labels = plan.clamp(0, 1)
-    return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / logits.shape[0]
+    return _uot_soft_target_of_plan(logits, plan, siglip=bias is not None)
 
 
-_contrastive_loss = _full_precision(contrastive_loss)  # multi-positive CLIP, or SigLIP with a bias
+@torch.no_grad()
+def plan_diagnostics(image_embeds, text_embeds, caption_image_index, plan):
+    """What a training batch says about collapse: `plan_row_mass`, the mean row sum of T = N P* (1 for a full plan);
+    `matched_cosine`, the mean cosine of an image with its own captions (alignment); `unmatched_cosine`, with the
+    other images' captions (near `matched_cosine`: everything similar; `matched_cosine` < 0: anti-aligned
+    modalities)."""
+    cosine = caption_row_logits(image_embeds, text_embeds, caption_image_index, 1.0)
+    matched = same_image_mask(caption_image_index)
+    diagnostics = {"plan_row_mass": plan.sum(dim=1).mean(), "matched_cosine": cosine[matched].mean()}
+    if not matched.all():  # a batch of one image has no unmatched pair
+        diagnostics["unmatched_cosine"] = cosine[~matched].mean()
+    return diagnostics
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -343,68 +412,85 @@ def gather_batch(image_embeds, text_embeds, caption_image_index, teacher_image_e
 
 @dataclass
 class LossOutput:
-    """`loss` to back-propagate; `contrastive` and `sigrot`, the terms it combines (None when unused), detached."""
+    """`loss` to back-propagate; `contrastive` and `sigrot`, the terms it combines (None when unused), detached;
+    `diagnostics`, detached scalars of the batch (`plan_diagnostics`, and `sinkhorn_unconverged` 1.0 / 0.0 when the
+    plan's Sinkhorn stopped at `ot_max_iter` unconverged)."""
 
     loss: torch.Tensor
     contrastive: torch.Tensor | None = None
     sigrot: torch.Tensor | None = None
+    diagnostics: dict = field(default_factory=dict)
 
 
 class ContrastiveOTLoss(nn.Module):
-    """The training loss, chosen by `loss_type`:
+    """The training loss, chosen by `loss_type` (a key of `LOSS_TYPES`):
 
     - `clip`, `siglip`: the multi-positive CLIP / SigLIP loss L_con (`modeling_viclip_ot`).
     - `clip_sigrot` (ViCLIP-OT), `siglip_sigrot` (ViSigLIP-OT): L_SIGROT + contrastive_weight * L_con.
     - `sigrot`: L_SIGROT alone.
     - `clip_uot`, `siglip_uot`: `uot_soft_target_loss`, reported as the contrastive term.
 
-    SIGROT's prior scale is the model's `logit_scale` (not detached) unless `prior_temperature` is set (scale
-    1 / temperature). The Sinkhorn options go to `unbalanced_sinkhorn`. With `gather_distributed`, the batches of all
-    processes form one contrastive batch and one SIGROT plan (`gather_batch`, whose gradient contract holds).
+    SIGROT's prior scale is the model's scale (with its gradient, the paper's choice; `detach_prior_scale` stops that
+    gradient) unless `prior_temperature` is set (scale 1 / temperature); `normalise_plan` compares the row-normalised
+    plan with the prior (`sigrot_loss`). The Sinkhorn options go to `unbalanced_sinkhorn`. With
+    `gather_distributed`, the batches of all processes form one contrastive batch and one SIGROT plan (`gather_batch`,
+    whose gradient contract holds). Every call also reports `plan_diagnostics` of the batch, on the loss's own plan
+    (or, for `clip` and `siglip`, on a plan computed without gradient with the same options).
     """
 
     def __init__(self, loss_type="clip_sigrot", contrastive_weight=0.1, ot_reg=0.05, ot_reg_m=0.5, ot_max_iter=200,
                  ot_tol=1e-6, ot_check_every=10, graph_strategy="cross_modality", prior_temperature=None,
-                 detach_plan=False, gather_distributed=True):
+                 detach_prior_scale=False, normalise_plan=False, detach_plan=False, gather_distributed=True):
         super().__init__()
         if loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+            raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {list(LOSS_TYPES)}")
         if graph_strategy not in GRAPH_STRATEGIES:
             raise ValueError(f"unknown graph_strategy {graph_strategy!r}; choose one of {GRAPH_STRATEGIES}")
-        self.loss_type, self.contrastive_weight = loss_type, contrastive_weight
+        self.loss_type, self.kind, self.contrastive_weight = loss_type, LOSS_TYPES[loss_type], contrastive_weight
         self.graph_strategy, self.prior_temperature = graph_strategy, prior_temperature
+        self.detach_prior_scale, self.normalise_plan = detach_prior_scale, normalise_plan
         self.gather_distributed = gather_distributed
         self.ot_options = {
             "reg": ot_reg, "reg_m": ot_reg_m, "max_iter": ot_max_iter, "tol": ot_tol, "check_every": ot_check_every,
         }
         self.detach_plan = detach_plan
 
-    def forward(self, image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None,
-                teacher_image_embeds=None, teacher_text_embeds=None) -> LossOutput:
-        """image_embeds (B, d) per unique image, text_embeds (N, d), caption_image_index (N,), logit_scale the scale
-        s, logit_bias b (SigLIP types), teacher embeddings (B, d_t) and (N, d_t) (SIGROT types)."""
-        uses_sigrot, siglip = "sigrot" in self.loss_type, self.loss_type.startswith("siglip")
-        if uses_sigrot and (teacher_image_embeds is None or teacher_text_embeds is None):
+    def forward(self, image_embeds, text_embeds, caption_image_index, scale, bias=None, teacher_image_embeds=None,
+                teacher_text_embeds=None) -> LossOutput:
+        """image_embeds (B, d) per unique image, text_embeds (N, d), caption_image_index (N,), `scale` the scale s
+        (not its log), `bias` b (SigLIP types), teacher embeddings (B, d_t) and (N, d_t) (SIGROT types)."""
+        kind = self.kind
+        if kind.needs_teacher and (teacher_image_embeds is None or teacher_text_embeds is None):
             raise ValueError(f"loss_type {self.loss_type!r} needs teacher_image_embeds and teacher_text_embeds")
-        if siglip and logit_bias is None:
-            raise ValueError(f"loss_type {self.loss_type!r} needs logit_bias")
+        if kind.needs_bias and bias is None:
+            raise ValueError(f"loss_type {self.loss_type!r} needs a bias")
         if self.gather_distributed:
             image_embeds, text_embeds, caption_image_index, teacher_image_embeds, teacher_text_embeds = gather_batch(
                 image_embeds, text_embeds, caption_image_index, teacher_image_embeds, teacher_text_embeds
             )
         check_caption_image_index(caption_image_index, image_embeds.shape[0], text_embeds.shape[0])
-        batch = (image_embeds, text_embeds, caption_image_index)
+        return self._combine(image_embeds, text_embeds, caption_image_index, scale, bias if kind.needs_bias else None,
+                             teacher_image_embeds, teacher_text_embeds)
 
+    @_full_precision
+    def _combine(self, image_embeds, text_embeds, caption_image_index, scale, bias, teacher_image_embeds,
+                 teacher_text_embeds):
+        kind, batch = self.kind, (image_embeds, text_embeds, caption_image_index)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and kind.transport == "sigrot" and not self.detach_plan):
+            plan, converged = _caption_row_plan(*batch, **self.ot_options, return_converged=True)
         contrastive = sigrot = None
-        if self.loss_type.endswith("uot"):
-            contrastive = uot_soft_target_loss(*batch, logit_scale, logit_bias if siglip else None, **self.ot_options)
-        elif self.loss_type != "sigrot":
-            contrastive = _contrastive_loss(*batch, logit_scale, logit_bias if siglip else None)
-        if uses_sigrot:
-            graph = similarity_graph(teacher_image_embeds, teacher_text_embeds, caption_image_index,
-                                     self.graph_strategy)
-            prior_scale = logit_scale if self.prior_temperature is None else 1 / self.prior_temperature
-            sigrot = sigrot_loss(*batch, graph, prior_scale, detach_plan=self.detach_plan, **self.ot_options)
+        if kind.transport == "uot":
+            logits = caption_row_logits(*batch, scale, bias)
+            contrastive = _uot_soft_target_of_plan(logits, plan, siglip=bias is not None)
+        elif kind.contrastive is not None:
+            contrastive = contrastive_loss(*batch, scale, bias)
+        if kind.transport == "sigrot":
+            graph = similarity_graph(teacher_image_embeds, teacher_text_embeds, batch[2], self.graph_strategy)
+            if self.prior_temperature is not None:
+                prior_scale = 1 / self.prior_temperature
+            else:
+                prior_scale = scale.detach() if self.detach_prior_scale else scale
+            sigrot = sigrot_divergence(plan, graph, prior_scale, self.normalise_plan)
 
         if sigrot is None:
             loss = contrastive
@@ -412,6 +498,8 @@ class ContrastiveOTLoss(nn.Module):
             loss = sigrot
         else:
             loss = sigrot + self.contrastive_weight * contrastive
+        diagnostics = plan_diagnostics(*batch, plan)
+        if converged is not None:
+            diagnostics["sinkhorn_unconverged"] = float(not converged)
         detached = [None if term is None else term.detach() for term in (contrastive, sigrot)]
-        return LossOutput(loss, *detached)
-
+        return LossOutput(loss, *detached, diagnostics={k: float(v) for k, v in diagnostics.items()})

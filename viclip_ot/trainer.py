@@ -12,6 +12,7 @@ from timm.models import group_parameters
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import SchedulerType
+from transformers.utils import logging
 
 from .data import gradcache_chunks
 from .evaluation import encode_corpus
@@ -22,6 +23,30 @@ from .model_card import write_model_card
 HEAD_PARAMETERS = ("vision_head.", "text_projection.", "logit_scale", "logit_bias")
 # Files of a checkpoint folder that are training state, not part of the model a user loads.
 TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "rng_state")
+# A logging interval after the first epoch is "collapsing" when its matched pairs are anti-aligned, all pairs are
+# similar (matched hardly above unmatched, unmatched well above an untrained model's 0), or the transport plan holds
+# less mass than an untrained model's (about 0.4 for the paper's eps and tau, all cosines near 0).
+COLLAPSE_MIN_MATCHED_COSINE = 0.0
+COLLAPSE_MIN_COSINE_MARGIN = 0.05
+COLLAPSE_MAX_UNMATCHED_COSINE = 0.3
+COLLAPSE_MIN_PLAN_ROW_MASS = 0.3
+
+logger = logging.get_logger(__name__)
+
+
+def collapse_signs(diagnostics):
+    """The collapse criteria that the mean `diagnostics` of a logging interval meet, as readable phrases."""
+    signs = []
+    matched, unmatched = diagnostics.get("matched_cosine"), diagnostics.get("unmatched_cosine")
+    if matched is not None and matched < COLLAPSE_MIN_MATCHED_COSINE:
+        signs.append(f"matched pairs are anti-aligned (mean cosine {matched:.2f})")
+    if (matched is not None and unmatched is not None and matched - unmatched < COLLAPSE_MIN_COSINE_MARGIN
+            and unmatched > COLLAPSE_MAX_UNMATCHED_COSINE):
+        signs.append(f"all pairs are about as similar (mean cosines {matched:.2f} matched, {unmatched:.2f} unmatched)")
+    mass = diagnostics.get("plan_row_mass")
+    if mass is not None and mass < COLLAPSE_MIN_PLAN_ROW_MASS:
+        signs.append(f"the transport plan shed its mass (mean row mass {mass:.2f})")
+    return signs
 
 
 class LogitScaleClamp(TrainerCallback):
@@ -71,8 +96,7 @@ class ViCLIPOTTrainer(Trainer):
         self.loss_fn = loss_fn
         self.eval_dataset_name = eval_dataset_name
         self.training_config = training_config or {}
-        self._loss_sums = defaultdict(float)
-        self._loss_count = 0
+        self._loss_sums, self._loss_counts = defaultdict(float), defaultdict(int)
         self.add_callback(LogitScaleClamp())
         if hasattr(self.data_collator, "epoch"):
             self.add_callback(AugmentationEpoch(self.data_collator))
@@ -80,17 +104,19 @@ class ViCLIPOTTrainer(Trainer):
     # ---- loss ------------------------------------------------------------------------------------------------
 
     def _batch_loss(self, image_embeds, text_embeds, inputs, logit_scale, logit_bias):
-        """The configured loss of the contrastive batch spanning all processes (`logit_scale` = log of the scale)."""
+        """The configured loss of the contrastive batch spanning all processes (`logit_scale`: the model's parameter,
+        the log of the scale); its terms and diagnostics are summed for the next log."""
         result = self.loss_fn(
             image_embeds, text_embeds, inputs["caption_image_index"], logit_scale.float().exp(),
             None if logit_bias is None else logit_bias.float(),
             teacher_image_embeds=inputs.get("teacher_image_embeds"),
             teacher_text_embeds=inputs.get("teacher_text_embeds"),
         )
-        for name in ("contrastive", "sigrot"):
-            if getattr(result, name) is not None:
-                self._loss_sums[name] += float(getattr(result, name))
-        self._loss_count += 1
+        terms = {f"loss_{name}": getattr(result, name) for name in ("contrastive", "sigrot")}
+        for name, value in {**terms, **result.diagnostics}.items():
+            if value is not None:
+                self._loss_sums[name] += float(value)
+                self._loss_counts[name] += 1
         return result.loss
 
     def _scale_parameters(self):
@@ -132,12 +158,25 @@ class ViCLIPOTTrainer(Trainer):
         return loss
 
     def log(self, logs, start_time=None):
-        """Training logs also carry the mean loss components since the last log and the current logit scale."""
-        if "loss" in logs and self._loss_count:
-            logs.update({f"loss_{name}": total / self._loss_count for name, total in self._loss_sums.items()})
+        """Training logs also carry, as means since the last log, the loss terms and the batch diagnostics (plan row
+        mass, matched and unmatched cosine, the rate of unconverged Sinkhorn runs), and the current scale; a
+        collapsing run (`collapse_signs`, after the first epoch) and unconverged Sinkhorn runs get a warning."""
+        if "loss" in logs and self._loss_counts:
+            means = {name: total / self._loss_counts[name] for name, total in self._loss_sums.items()}
             self._loss_sums.clear()
-            self._loss_count = 0
-            logs["logit_scale"] = float(self._scale_parameters()[0].detach().exp())
+            self._loss_counts.clear()
+            logs.update(means)
+            logs["scale"] = float(self._scale_parameters()[0].detach().exp())
+            step = f"step {self.state.global_step}"
+            if means.get("sinkhorn_unconverged"):
+                logger.warning(
+                    f"{step}: Sinkhorn stopped at ot_max_iter={self.loss_fn.ot_options['max_iter']} unconverged in "
+                    f"{means['sinkhorn_unconverged']:.0%} of the batches; raise ot_max_iter or ot_reg (see the "
+                    "README's safe Sinkhorn settings)"
+                )
+            signs = collapse_signs(means) if (self.state.epoch or 0) >= 1 else []
+            if signs:
+                logger.warning(f"{step}: the embedding space looks collapsed: {'; '.join(signs)}")
         super().log(logs, start_time)
 
     # ---- optimisation ----------------------------------------------------------------------------------------
