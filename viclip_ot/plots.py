@@ -10,15 +10,19 @@ HIT_COLOUR, MISS_COLOUR = "tab:green", "tab:red"
 
 
 def project_2d(points, seed=0):
-    """2-D coordinates of `points` (rows) and the method's name: UMAP (cosine) when umap-learn is installed,
-    else PCA."""
+    """2-D coordinates of `points` (rows) and the method's name: UMAP (cosine, PCA-initialised, which also works
+    for a handful of points) when umap-learn is installed and there are at least 4 points, else PCA."""
     try:
         import umap
     except ImportError:
+        umap = None
+    if umap is None or len(points) < 4:
         centred = points - points.mean(0)
         _, _, components = np.linalg.svd(centred, full_matrices=False)
         return centred @ components[:2].T, "PCA"
-    return umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit_transform(points), "UMAP"
+    projection = umap.UMAP(n_components=2, metric="cosine", n_neighbors=min(15, len(points) - 1), init="pca",
+                           random_state=seed)
+    return projection.fit_transform(points), "UMAP"
 
 
 def plot_embedding_map(encoded, path, title="", max_images=500, pairs=12, seed=0):
