@@ -1,5 +1,6 @@
 """ViCLIP-OT: a timm image tower and a transformers text tower mapped to one L2-normalised embedding space."""
 
+import functools
 import importlib
 import json
 import sys
@@ -26,8 +27,29 @@ else:  # the installed top-level modules (imported by name so that remote code d
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Contrastive losses: multi-positive CLIP and SigLIP. Row k pairs caption k with image caption_image_index[k].
+# Contrastive losses: multi-positive CLIP and SigLIP. Row k pairs caption k with image caption_image_index[k];
+# `scale` is the scale s = exp(logit_scale) itself, `bias` SigLIP's b.
 # --------------------------------------------------------------------------------------------------------------
+
+
+def full_precision(function):
+    """Run `function` with autocast off and its floating-point tensor arguments upcast to at least float32 (the
+    losses: a bf16 logit or OT cost loses the precision the softmax and Sinkhorn need)."""
+
+    def upcast(value):
+        if torch.is_tensor(value) and value.is_floating_point():
+            return value.to(torch.promote_types(value.dtype, torch.float32))
+        return value
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        args = [upcast(value) for value in args]
+        kwargs = {name: upcast(value) for name, value in kwargs.items()}
+        device_type = next(value.device.type for value in [*args, *kwargs.values()] if torch.is_tensor(value))
+        with torch.autocast(device_type, enabled=False):
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 def same_image_mask(caption_image_index):
@@ -35,37 +57,38 @@ def same_image_mask(caption_image_index):
     return caption_image_index[:, None] == caption_image_index[None, :]
 
 
-def caption_row_logits(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None):
+def caption_row_logits(image_embeds, text_embeds, caption_image_index, scale, bias=None):
     """N x N logits s * x_i . y_j (+ b): row i is the image of caption i, column j is caption j (the B x N image
     rows are computed once and then repeated per caption)."""
-    logits = (logit_scale * image_embeds @ text_embeds.T).index_select(0, caption_image_index)
-    return logits if logit_bias is None else logits + logit_bias
+    logits = (scale * image_embeds @ text_embeds.T).index_select(0, caption_image_index)
+    return logits if bias is None else logits + bias
 
 
-def multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, logit_scale):
+def multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, scale):
     """CLIP loss with several captions per image: each row's target is uniform over its same-image columns;
     the mean of the image->text and text->image cross-entropies."""
-    logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, logit_scale)
+    logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, scale)
     positives = same_image_mask(caption_image_index).to(logits.dtype)
     targets = positives / positives.sum(dim=1, keepdim=True)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
-def multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias):
+def multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, scale, bias):
     """SigLIP loss with several captions per image: (1/N) sum_ij w_ij softplus(-z_ij l_ij), z = +1 on same-image
     pairs and -1 elsewhere, w = 1/(positives of row i) on positives and 1 on negatives."""
-    logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias)
+    logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, scale, bias)
     positives = same_image_mask(caption_image_index)
     signs = positives.to(logits.dtype) * 2 - 1
     weights = torch.where(positives, 1 / positives.sum(dim=1, keepdim=True).to(logits.dtype), 1.0)
     return (weights * F.softplus(-signs * logits)).sum() / logits.shape[0]
 
 
-def contrastive_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias=None):
-    """The multi-positive CLIP loss, or SigLIP's when a `logit_bias` is given."""
-    if logit_bias is None:
-        return multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, logit_scale)
-    return multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, logit_scale, logit_bias)
+@full_precision
+def contrastive_loss(image_embeds, text_embeds, caption_image_index, scale, bias=None):
+    """The multi-positive CLIP loss, or SigLIP's when a `bias` is given, in float32."""
+    if bias is None:
+        return multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, scale)
+    return multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, scale, bias)
 
 
 def check_caption_image_index(caption_image_index, num_images, num_captions):
@@ -308,6 +331,7 @@ class ViCLIPOTModel(PreTrainedModel):
         token_type_ids=None,
         caption_image_index=None,
         return_loss=None,
+        return_logits=True,
         return_dict=None,
     ) -> ViCLIPOTOutput:
         r"""
@@ -315,6 +339,8 @@ class ViCLIPOTModel(PreTrainedModel):
             `pixel_values`) each caption describes; defaults to caption k <-> image k.
         return_loss (`bool`, *optional*): compute the multi-positive CLIP loss (SigLIP for a model with a
             logit bias).
+        return_logits (`bool`, *optional*, defaults to `True`): build the caption x image logits (a training step
+            that computes its own loss from the embeddings skips them).
 
         With only `pixel_values` (or only `input_ids`) just that side is encoded: the output holds its embeddings
         and no logits (what the `image-feature-extraction` pipeline calls).
@@ -328,7 +354,7 @@ class ViCLIPOTModel(PreTrainedModel):
         if input_ids is not None:
             text_outputs = self.get_text_features(input_ids, attention_mask, token_type_ids)
             text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
-        if image_embeds is not None and text_embeds is not None:
+        if image_embeds is not None and text_embeds is not None and (return_logits or return_loss):
             logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.T
             if self.logit_bias is not None:
                 logits_per_text = logits_per_text + self.logit_bias
@@ -352,10 +378,8 @@ class ViCLIPOTModel(PreTrainedModel):
         if caption_image_index is None:
             caption_image_index = torch.arange(text_embeds.shape[0], device=text_embeds.device)
         check_caption_image_index(caption_image_index, image_embeds.shape[0], text_embeds.shape[0])
-        bias = None if self.logit_bias is None else self.logit_bias.float()
-        return contrastive_loss(
-            image_embeds.float(), text_embeds.float(), caption_image_index, self.logit_scale.float().exp(), bias
-        )
+        scale = self.logit_scale.float().exp()
+        return contrastive_loss(image_embeds, text_embeds, caption_image_index, scale, self.logit_bias)
 
     @torch.no_grad()
     def clamp_logit_scale(self):

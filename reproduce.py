@@ -33,12 +33,12 @@ RESULTS = REPO / "benchmarks" / "results"
 # name -> train.py options; the paper's Table 1 rows, then the variants of this repository
 ROWS = {
     "CLIP": {"loss_type": "clip"},
-    "SigLIP": {"loss_type": "siglip", "logit_scale_init": math.log(10), "logit_bias_init": -10.0},
+    "SigLIP": {"loss_type": "siglip", "logit_scale_init_value": math.log(10), "logit_bias_init_value": -10.0},
     "CLIP+UOT": {"loss_type": "clip_uot"},
-    "SigLIP+UOT": {"loss_type": "siglip_uot", "logit_scale_init": math.log(10), "logit_bias_init": -10.0},
+    "SigLIP+UOT": {"loss_type": "siglip_uot", "logit_scale_init_value": math.log(10), "logit_bias_init_value": -10.0},
     "SIGROT": {"loss_type": "sigrot", "contrastive_weight": 0.0},
     "ViCLIP-OT": {"loss_type": "clip_sigrot"},
-    "ViSigLIP-OT": {"loss_type": "siglip_sigrot", "logit_scale_init": math.log(1 / 0.06), "logit_bias_init": -9.0},
+    "ViSigLIP-OT": {"loss_type": "siglip_sigrot", "logit_scale_init_value": math.log(1 / 0.06), "logit_bias_init_value": -9.0},
     "ViCLIP-OT, normalised plan, prior T 0.02": {"loss_type": "clip_sigrot", "normalise_plan": True,
                                                  "prior_temperature": 0.02},
     "ViCLIP-OT, normalised plan": {"loss_type": "clip_sigrot", "normalise_plan": True},

@@ -24,7 +24,7 @@ from viclip_ot.trainer import ViCLIPOTTrainer, freeze
 
 
 def load_split(data, split, limit=None):
-    dataset = load_corpus(data.dataset, data.data_dir, split=split, **json.loads(data.corpus_options))
+    dataset = load_corpus(data.dataset, data.data_dir, split=split, **data.corpus_options)
     return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
 
 
@@ -39,7 +39,7 @@ def build_model(model_args, train_dataset, output_dir):
         )
     captions = [caption for captions in train_dataset["captions"] for caption in captions]
     text_folder = save_small_text_tower(
-        Path(output_dir) / "small_text_tower", captions, **json.loads(model_args.small_text_tower_kwargs)
+        Path(output_dir) / "small_text_tower", captions, **model_args.small_text_tower_kwargs
     )
     overrides = model_args.config_kwargs()
     overrides["vision_model_kwargs"] = {

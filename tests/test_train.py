@@ -11,10 +11,13 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
+import torch.nn.functional as F
 from huggingface_hub import ModelCard
 from training_setup import demo_split, gradients, make_trainer, random_teacher, small_model
 
 from dataset_scripts.teacher_embeddings import TeacherEmbeddings, TeacherMismatchError
+from modeling_viclip_ot import multi_positive_clip_loss
+from viclip_ot.losses import sigrot_loss, similarity_graph
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,17 +67,28 @@ def test_gradient_cache_equals_full_batch_backward(corpus, tmp_path, dropout):
         assert any(not torch.allclose(other[n], reference[n], atol=1e-5) for n in reference)
 
 
-def test_plain_step_gradient_matches_compute_loss(corpus, tmp_path):
+def test_plain_step_gradients_equal_the_hybrid_loss_computed_directly(corpus, tmp_path):
+    """`training_step` (no gradient cache) back-propagates L_SIGROT + 0.1 L_CLIP of the model's own embeddings: the
+    gradients of every parameter equal those of the loss assembled here from the towers' features, the teacher graph
+    and the two loss functions (each tested against numpy in test_losses.py)."""
     _, train, teacher = corpus
     model = small_model(tmp_path, [c for cs in train["captions"] for c in cs])
     trainer, collator = make_trainer(model, tmp_path / "out", teacher=teacher)
     batch = collator([train[i] for i in range(8)])
     model.train()
     model.zero_grad()
-    trainer.compute_loss(model, batch).backward()
+    index = batch["caption_image_index"]
+    images = F.normalize(model.get_image_features(batch["pixel_values"]).pooler_output, dim=-1)
+    texts = F.normalize(model.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output, dim=-1)
+    scale = model.logit_scale.exp()
+    graph = similarity_graph(batch["teacher_image_embeds"], batch["teacher_text_embeds"], index)
+    loss = sigrot_loss(images, texts, index, graph, scale) + 0.1 * multi_positive_clip_loss(images, texts, index, scale)
+    loss.backward()
     reference = gradients(model)
     model.zero_grad()
-    trainer.training_step(model, batch)
+    step_loss = trainer.training_step(model, batch)
+    torch.testing.assert_close(step_loss, loss.detach(), atol=1e-6, rtol=1e-5)
+    assert reference.keys() == gradients(model).keys() and "logit_scale" in reference
     for name, grad in gradients(model).items():
         torch.testing.assert_close(grad, reference[name], atol=1e-6, rtol=1e-5)
 
@@ -417,3 +431,36 @@ def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypat
     assert "(67.34)" in table and "(56.17)" in table
     reproduce.main(args)
     assert len(trained) == 7
+
+
+def test_options_from_yaml_and_flags(tmp_path):
+    """Dict options come as YAML mappings or JSON flags; model options are the config's fields with its defaults;
+    renamed and unknown options are one clear error."""
+    from configuration_viclip_ot import ViCLIPOTConfig
+    from viclip_ot.arguments import parse_arguments
+
+    config = tmp_path / "run.yaml"
+    config.write_text("base: " + str(REPO / "configs" / "siglip.yaml") + "\ncorpus_options: {language: vi}\n"
+                      "vision_model_kwargs: {depth: 2}\n")
+    model, data, _, _ = parse_arguments([str(config), "--small_text_tower_kwargs", '{"hidden_size": 32}'])
+    assert data.corpus_options == {"language": "vi"} and model.small_text_tower_kwargs == {"hidden_size": 32}
+    config_kwargs = model.config_kwargs()
+    assert config_kwargs["vision_model_kwargs"] == {"depth": 2} and config_kwargs["logit_bias_init_value"] == -10.0
+    built = ViCLIPOTConfig(**config_kwargs)
+    defaults = ViCLIPOTConfig()
+    for name in ("vision_pooling", "vision_head", "vision_head_dropout", "image_size", "text_projection",
+                 "projection_dim"):
+        assert getattr(built, name) == getattr(defaults, name), name
+    model, data, _, _ = parse_arguments([str(config), "--corpus_options", '{"language": "en"}'])
+    assert data.corpus_options == {"language": "en"} and parse_arguments([])[0].vision_model_kwargs == {}
+
+    with pytest.raises(ValueError, match="logit_scale_init is now logit_scale_init_value"):
+        parse_arguments(["--logit_scale_init", "2.3"])
+    config.write_text("logit_bias_init: -10\n")
+    with pytest.raises(ValueError, match="logit_bias_init is now logit_bias_init_value"):
+        parse_arguments([str(config)])
+    config.write_text("no_such_option: 1\n")
+    with pytest.raises(ValueError, match=r"unknown options \['no_such_option'\]"):
+        parse_arguments([str(config)])
+    with pytest.raises(ValueError, match="--corpus_options: not a JSON object"):
+        parse_arguments(["--corpus_options", "{language: vi"])

@@ -3,19 +3,46 @@
 A YAML config gives any of them; command-line flags override it (`--learning_rate 1e-4`).
 """
 
+import dataclasses
+import inspect
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from configuration_viclip_ot import ViCLIPOTConfig
+
 from .losses import GRAPH_STRATEGIES, LOSS_TYPES
+
+
+def config_default(name):
+    """The default of a `ViCLIPOTConfig` field, so that an option named after it defaults to the same value."""
+    return inspect.signature(ViCLIPOTConfig).parameters[name].default
+
+
+def parse_json_options(arguments, names):
+    """Turn the JSON strings given on the command line for the dict options `names` into dicts (a YAML config
+    gives dicts already; unset is an empty dict)."""
+    for name in names:
+        value = getattr(arguments, name)
+        if value is None:
+            value = {}
+        elif isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--{name}: not a JSON object: {value!r} ({error})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"--{name}: expected a JSON object, got {value!r}")
+        setattr(arguments, name, value)
 
 
 @dataclass
 class ModelArguments:
+    """The model's options; those named after a [`ViCLIPOTConfig`] field set that field (`config_kwargs`)."""
+
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Continue from a saved ViCLIP-OT model (Hub id or folder); towers are ignored."}
     )
@@ -29,38 +56,37 @@ class ModelArguments:
         metadata={"help": "Build small random towers instead (DINOv3 layout; a BERT with a tokenizer trained on the "
                           "training captions): the demo, or a smoke test."},
     )
-    small_text_tower_kwargs: str = field(
-        default="{}", metadata={"help": "JSON of save_small_text_tower arguments (hidden_size, num_layers, ...)."}
+    small_text_tower_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "JSON of save_small_text_tower arguments (hidden_size, num_layers, ...)."}
     )
     vision_model_name: str | None = field(default=None, metadata={"help": "timm architecture for a weights file."})
-    vision_model_kwargs: str = field(default="{}", metadata={"help": "JSON of extra timm.create_model arguments."})
-    vision_pooling: str = "avg"
-    vision_head: str = "linear"
-    vision_head_dropout: float = 0.1
-    image_size: int = 224
+    vision_model_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "JSON of extra timm.create_model arguments."}
+    )
+    vision_pooling: str = config_default("vision_pooling")
+    vision_head: str = config_default("vision_head")
+    vision_head_dropout: float = config_default("vision_head_dropout")
+    image_size: int = config_default("image_size")
     text_pooling: str | None = field(default=None, metadata={"help": "mean or cls (default: the tower's own)."})
-    projection_dim: int = 768
-    logit_scale_init: float = field(default=math.log(1 / 0.07), metadata={"help": "Initial log of the logit scale."})
-    logit_bias_init: float | None = field(default=None, metadata={"help": "Set (e.g. -10) for a SigLIP model."})
+    text_projection: str = field(
+        default=config_default("text_projection"), metadata={"help": "auto (only if widths differ), linear or none."}
+    )
+    projection_dim: int = config_default("projection_dim")
+    logit_scale_init_value: float = field(
+        default=config_default("logit_scale_init_value"), metadata={"help": "Initial log of the logit scale."}
+    )
+    logit_bias_init_value: float | None = field(default=None, metadata={"help": "Set (e.g. -10) for a SigLIP model."})
     word_segmentation: bool = field(default=False, metadata={"help": "Segment Vietnamese words (PhoBERT towers)."})
+
+    def __post_init__(self):
+        parse_json_options(self, ("small_text_tower_kwargs", "vision_model_kwargs"))
 
     def config_kwargs(self):
         """[`ViCLIPOTConfig`] fields set by these arguments."""
-        kwargs = {
-            "vision_model_kwargs": json.loads(self.vision_model_kwargs),
-            "vision_pooling": self.vision_pooling,
-            "vision_head": self.vision_head,
-            "vision_head_dropout": self.vision_head_dropout,
-            "image_size": self.image_size,
-            "projection_dim": self.projection_dim,
-            "logit_scale_init_value": self.logit_scale_init,
-            "logit_bias_init_value": self.logit_bias_init,
-        }
-        if self.text_pooling:
-            kwargs["text_pooling"] = self.text_pooling
-        if self.vision_model_name:
-            kwargs["vision_model_name"] = self.vision_model_name
-        return kwargs
+        names = ["vision_model_kwargs", "vision_pooling", "vision_head", "vision_head_dropout", "image_size",
+                 "text_projection", "projection_dim", "logit_scale_init_value", "logit_bias_init_value"]
+        names += [name for name in ("text_pooling", "vision_model_name") if getattr(self, name)]
+        return {name: getattr(self, name) for name in names}
 
 
 @dataclass
@@ -70,13 +96,16 @@ class DataArguments:
     train_split: str = "train"
     eval_split: str | None = field(default="validation", metadata={"help": "Split for validation (none: skip)."})
     test_split: str | None = field(default=None, metadata={"help": "Split evaluated before and after training."})
-    corpus_options: str = field(default="{}", metadata={"help": "JSON of corpus options, e.g. {\"language\": \"vi\"}."})
+    corpus_options: dict | str | None = field(
+        default=None, metadata={"help": "JSON of corpus options, e.g. {\"language\": \"vi\"}."}
+    )
     teacher_embeddings: str | None = field(default=None, metadata={"help": "Teacher file of the train split."})
     max_train_images: int | None = None
     max_eval_images: int | None = None
     horizontal_flip: bool = field(default=True, metadata={"help": "Flip training images (off when captions say left/right)."})
 
     def __post_init__(self):
+        parse_json_options(self, ("corpus_options",))
         if self.data_dir == "":  # unset from the command line (e.g. a paper config with --dataset demo)
             self.data_dir = None
 
@@ -133,6 +162,7 @@ class ViCLIPOTTrainingArguments(TrainingArguments):
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, LossArguments, ViCLIPOTTrainingArguments)
+RENAMED_OPTIONS = {"logit_scale_init": "logit_scale_init_value", "logit_bias_init": "logit_bias_init_value"}
 
 
 def read_config(path):
@@ -147,16 +177,17 @@ def read_config(path):
 
 def parse_arguments(argv):
     """`argv` = [config.yaml] [--field value ...]: the YAML's values, overridden by the flags."""
+    renamed = [(f"--{old}", new) for old, new in RENAMED_OPTIONS.items() if f"--{old}" in argv]
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     if argv and argv[0].endswith((".yaml", ".yml")):
         values = read_config(argv[0])
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known)
+        renamed += [(old, new) for old, new in RENAMED_OPTIONS.items() if old in values]
+        known = {field.name for arguments in ARGUMENT_CLASSES for field in dataclasses.fields(arguments)}
+        unknown = sorted(set(values) - known - set(RENAMED_OPTIONS))
         if unknown:
             raise ValueError(f"{argv[0]}: unknown options {unknown}")
-        parser.set_defaults(**{k: json.dumps(v) if isinstance(v, dict) else v for k, v in values.items()})
-        for action in parser._actions:
-            if action.dest in values:
-                action.required = False
+        parser.set_defaults(**values)  # dict options stay dicts: argparse converts only string defaults
         argv = argv[1:]
+    if renamed:
+        raise ValueError("renamed options: " + ", ".join(f"{old} is now {new}" for old, new in renamed))
     return parser.parse_args_into_dataclasses(args=argv)

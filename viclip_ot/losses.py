@@ -8,7 +8,6 @@ encoded once and expanded to rows here. `scale` is the scale s itself (the model
 SigLIP's b. Every loss runs with autocast off and its inputs upcast to float32 (float64 stays float64).
 """
 
-import functools
 import math
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from modeling_viclip_ot import (
     caption_row_logits,
     check_caption_image_index,
     contrastive_loss,
+    full_precision,
     same_image_mask,
 )
 
@@ -55,31 +55,12 @@ LOSS_TYPES = {
 GRAPH_STRATEGIES = ("cross_modality", "arithmetic_mean", "harmonic_mean", "caption_only", "image_only")
 
 
-def _full_precision(function):
-    """Run `function` with autocast off and its floating-point tensor arguments upcast to at least float32."""
-
-    def upcast(value):
-        if torch.is_tensor(value) and value.is_floating_point():
-            return value.to(torch.promote_types(value.dtype, torch.float32))
-        return value
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        args = [upcast(value) for value in args]
-        kwargs = {name: upcast(value) for name, value in kwargs.items()}
-        device_type = next(value.device.type for value in [*args, *kwargs.values()] if torch.is_tensor(value))
-        with torch.autocast(device_type, enabled=False):
-            return function(*args, **kwargs)
-
-    return wrapper
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Unbalanced Sinkhorn
 # --------------------------------------------------------------------------------------------------------------
 
 
-@_full_precision
+@full_precision
 def unbalanced_sinkhorn(cost, reg, reg_m, a=None, b=None, max_iter=200, tol=1e-6, check_every=10, detach_plan=False,
                         return_converged=False):
     """The entropic unbalanced transport plan that `ot.unbalanced.sinkhorn_unbalanced(a, b, cost, reg, reg_m,
@@ -220,7 +201,7 @@ def _pot_error(log_previous, log_current):
 
 
 @torch.no_grad()
-@_full_precision
+@full_precision
 def similarity_graph(teacher_image_embeds, teacher_text_embeds, caption_image_index, strategy="cross_modality"):
     """N x N teacher similarity S over caption rows, without gradient.
 
@@ -280,7 +261,7 @@ def sigrot_divergence(plan, graph, prior_scale, normalise_plan=False):
     return (image_to_text + text_to_image) / 2
 
 
-@_full_precision
+@full_precision
 def sigrot_loss(image_embeds, text_embeds, caption_image_index, graph, prior_scale, reg=0.05, reg_m=0.5,
                 normalise_plan=False, **sinkhorn_options):
     """SIGROT: the generalised KL from the similarity-graph prior to the student's transport plan, both directions.
@@ -318,7 +299,7 @@ def _uot_soft_target_of_plan(logits, plan, siglip):
     return F.binary_cross_entropy_with_logits(logits, plan.clamp(0, 1), reduction="sum") / logits.shape[0]
 
 
-@_full_precision
+@full_precision
 def uot_soft_target_loss(image_embeds, text_embeds, caption_image_index, scale, bias=None, reg=0.05, reg_m=0.5,
                          **sinkhorn_options):
     """The "CLIP + UOT" (no `bias`) and "SigLIP + UOT" (with it) baselines: the student's own plan as soft targets in
@@ -472,7 +453,7 @@ class ContrastiveOTLoss(nn.Module):
         return self._combine(image_embeds, text_embeds, caption_image_index, scale, bias if kind.needs_bias else None,
                              teacher_image_embeds, teacher_text_embeds)
 
-    @_full_precision
+    @full_precision
     def _combine(self, image_embeds, text_embeds, caption_image_index, scale, bias, teacher_image_embeds,
                  teacher_text_embeds):
         kind, batch = self.kind, (image_embeds, text_embeds, caption_image_index)

@@ -11,7 +11,7 @@ import torch
 from timm.models import group_parameters
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import SchedulerType
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
 from transformers.utils import logging
 
 from .data import gradcache_chunks
@@ -56,6 +56,24 @@ class LogitScaleClamp(TrainerCallback):
         model.clamp_logit_scale()
 
 
+class CompleteHubPush(TrainerCallback):
+    """Before a checkpoint is pushed, put its whole loadable model (code, processor, card, sentence-transformers
+    files) in the pushed folder: transformers copies only the weights and the config there."""
+
+    def on_push_begin(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if not state.is_world_process_zero or not checkpoint.is_dir():
+            return
+        for path in checkpoint.iterdir():
+            if path.name.startswith(TRAINING_STATE_FILES):
+                continue
+            target = Path(args.output_dir) / path.name
+            if path.is_dir():
+                shutil.copytree(path, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(path, target)
+
+
 class AugmentationEpoch(TrainerCallback):
     """Tell the collator which epoch it is collating, so that every epoch augments differently."""
 
@@ -98,6 +116,7 @@ class ViCLIPOTTrainer(Trainer):
         self.training_config = training_config or {}
         self._loss_sums, self._loss_counts = defaultdict(float), defaultdict(int)
         self.add_callback(LogitScaleClamp())
+        self.add_callback(CompleteHubPush())
         if hasattr(self.data_collator, "epoch"):
             self.add_callback(AugmentationEpoch(self.data_collator))
 
@@ -107,8 +126,7 @@ class ViCLIPOTTrainer(Trainer):
         """The configured loss of the contrastive batch spanning all processes (`logit_scale`: the model's parameter,
         the log of the scale); its terms and diagnostics are summed for the next log."""
         result = self.loss_fn(
-            image_embeds, text_embeds, inputs["caption_image_index"], logit_scale.float().exp(),
-            None if logit_bias is None else logit_bias.float(),
+            image_embeds, text_embeds, inputs["caption_image_index"], logit_scale.float().exp(), logit_bias,
             teacher_image_embeds=inputs.get("teacher_image_embeds"),
             teacher_text_embeds=inputs.get("teacher_text_embeds"),
         )
@@ -125,7 +143,7 @@ class ViCLIPOTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-                        attention_mask=inputs["attention_mask"])
+                        attention_mask=inputs["attention_mask"], return_logits=False)
         scale, *bias = self._scale_parameters()
         loss = self._batch_loss(outputs.image_embeds, outputs.text_embeds, inputs, scale, bias[0] if bias else None)
         return (loss, outputs) if return_outputs else loss
@@ -139,7 +157,7 @@ class ViCLIPOTTrainer(Trainer):
 
         def encode(chunk):
             with self.compute_loss_context_manager():
-                outputs = model(**chunk)
+                outputs = model(**chunk, return_logits=False)
             return outputs.image_embeds, outputs.text_embeds
 
         chunks, caption_order = gradcache_chunks(inputs, chunk_size)
@@ -222,8 +240,9 @@ class ViCLIPOTTrainer(Trainer):
             progress = min(1.0, (step - warmup) / max(1, num_training_steps - warmup))
             return 0.5 * (1 + math.cos(math.pi * progress))
 
+        # Lives as long as this Trainer: transformers re-creates on a later `train()` only the schedulers it made
+        # itself (a private flag, no public hook), which does not matter for train.py's single `train()`.
         self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
-        self._created_lr_scheduler = True
         return self.lr_scheduler
 
     # ---- evaluation ------------------------------------------------------------------------------------------
@@ -245,16 +264,18 @@ class ViCLIPOTTrainer(Trainer):
 
     # ---- saving and the Hub ----------------------------------------------------------------------------------
 
-    def _save(self, output_dir=None, state_dict=None):
+    def save_model(self, output_dir=None, _internal_call=False):
         """Save the model (weights, config, code, processor, sentence-transformers files) and its model card."""
-        super()._save(output_dir, state_dict)
+        super().save_model(output_dir, _internal_call)
         if self.args.should_save:
             self.write_model_card(output_dir or self.args.output_dir)
 
     def write_model_card(self, folder):
         model = self.accelerator.unwrap_model(self.model)
         evaluations = [entry for entry in self.state.log_history if "eval_t2i_R@1" in entry]
-        results = {key[5:]: value for key, value in evaluations[-1].items() if key.startswith("eval_")} if evaluations else None
+        results = None
+        if evaluations:
+            results = {key.removeprefix("eval_"): value for key, value in evaluations[-1].items() if key.startswith("eval_")}
         write_model_card(
             folder, model.config, repo_id=self.hub_model_id if self.args.push_to_hub else None,
             model_name=Path(self.hub_model_id if self.args.push_to_hub else self.args.output_dir).name,
@@ -266,16 +287,3 @@ class ViCLIPOTTrainer(Trainer):
     def create_model_card(self, *args, **kwargs):
         if self.is_world_process_zero():
             self.write_model_card(self.args.output_dir)
-
-    def _push_from_checkpoint(self, checkpoint_folder):
-        """Put the whole loadable model of the checkpoint (code, processor, card, ...) in the pushed folder."""
-        if self.is_world_process_zero():
-            for path in Path(checkpoint_folder).iterdir():
-                if path.name.startswith(TRAINING_STATE_FILES):
-                    continue
-                target = Path(self.args.output_dir) / path.name
-                if path.is_dir():
-                    shutil.copytree(path, target, dirs_exist_ok=True)
-                else:
-                    shutil.copy2(path, target)
-        super()._push_from_checkpoint(checkpoint_folder)
