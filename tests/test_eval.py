@@ -343,6 +343,8 @@ def test_table_shows_intervals():
     row = format_metrics_table({"set": metrics}).splitlines()[2]
     assert row.startswith("| set | 50.00 | 50.00 | 50.00 | 50.00 [40.00, 61.25] | 50.00 |")
     assert "| 0.5000 [0.4000, 0.6000] |" in row
+    partial = format_metrics_table({"set": {"t2i_R@1": 28.6}}).splitlines()[2]
+    assert partial == "| set | - | - | - | 28.60 | - | - | - | - | - |"
 
 
 def test_pca_map_without_umap(monkeypatch):

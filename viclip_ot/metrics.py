@@ -221,7 +221,7 @@ TABLE_COLUMNS = (
 def format_metrics_table(rows: dict[str, dict]) -> str:
     """A Markdown table laid out like the paper's: one row per `{name: retrieval_metrics dict}` entry, recalls in
     percent (image->text, text->image, their average), then alignment and modality gap; a metric with a
-    `<metric>_ci95` interval shows it as `value [low, high]`."""
+    `<metric>_ci95` interval shows it as `value [low, high]`, a metric not measured as `-`."""
     header = "| | " + " | ".join(TABLE_COLUMNS) + " |\n|---|" + "---:|" * len(TABLE_COLUMNS)
     lines = [header]
     for name, metrics in rows.items():
@@ -230,6 +230,8 @@ def format_metrics_table(rows: dict[str, dict]) -> str:
 
 
 def _cell(metrics, key):
+    if key not in metrics:
+        return "-"
     digits = 4 if key in ("alignment", "modality_gap") else 2
     cell = f"{metrics[key]:.{digits}f}"
     if f"{key}_ci95" in metrics:
