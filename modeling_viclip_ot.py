@@ -331,7 +331,6 @@ class ViCLIPOTModel(PreTrainedModel):
         token_type_ids=None,
         caption_image_index=None,
         return_loss=None,
-        return_logits=True,
         return_dict=None,
     ) -> ViCLIPOTOutput:
         r"""
@@ -339,8 +338,6 @@ class ViCLIPOTModel(PreTrainedModel):
             `pixel_values`) each caption describes; defaults to caption k <-> image k.
         return_loss (`bool`, *optional*): compute the multi-positive CLIP loss (SigLIP for a model with a
             logit bias).
-        return_logits (`bool`, *optional*, defaults to `True`): build the caption x image logits (a training step
-            that computes its own loss from the embeddings skips them).
 
         With only `pixel_values` (or only `input_ids`) just that side is encoded: the output holds its embeddings
         and no logits (what the `image-feature-extraction` pipeline calls).
@@ -354,7 +351,7 @@ class ViCLIPOTModel(PreTrainedModel):
         if input_ids is not None:
             text_outputs = self.get_text_features(input_ids, attention_mask, token_type_ids)
             text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
-        if image_embeds is not None and text_embeds is not None and (return_logits or return_loss):
+        if image_embeds is not None and text_embeds is not None :
             logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.T
             if self.logit_bias is not None:
                 logits_per_text = logits_per_text + self.logit_bias

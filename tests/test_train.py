@@ -441,7 +441,7 @@ def test_options_from_yaml_and_flags(tmp_path):
 
     config = tmp_path / "run.yaml"
     config.write_text("base: " + str(REPO / "configs" / "siglip.yaml") + "\ncorpus_options: {language: vi}\n"
-                      "vision_model_kwargs: {depth: 2}\n")
+                      "vision_model_kwargs: {depth: 2}\nbf16: false\n")
     model, data, _, _ = parse_arguments([str(config), "--small_text_tower_kwargs", '{"hidden_size": 32}'])
     assert data.corpus_options == {"language": "vi"} and model.small_text_tower_kwargs == {"hidden_size": 32}
     config_kwargs = model.config_kwargs()

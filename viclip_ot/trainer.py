@@ -143,7 +143,7 @@ class ViCLIPOTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-                        attention_mask=inputs["attention_mask"], return_logits=False)
+                        attention_mask=inputs["attention_mask"])
         scale, *bias = self._scale_parameters()
         loss = self._batch_loss(outputs.image_embeds, outputs.text_embeds, inputs, scale, bias[0] if bias else None)
         return (loss, outputs) if return_outputs else loss
@@ -157,7 +157,7 @@ class ViCLIPOTTrainer(Trainer):
 
         def encode(chunk):
             with self.compute_loss_context_manager():
-                outputs = model(**chunk, return_logits=False)
+                outputs = model(**chunk)
             return outputs.image_embeds, outputs.text_embeds
 
         chunks, caption_order = gradcache_chunks(inputs, chunk_size)
