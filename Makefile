@@ -28,5 +28,8 @@ demo-teacher: $(STAMP)
 	$(PY) -m dataset_scripts.teacher_embeddings --corpus demo --split train --teacher $(MINILM) --float16 \
 		--output $(DEMO_TEACHER)
 
+# The linter and formatter (ruff, settings in pyproject.toml), then the test suite.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest tests

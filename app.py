@@ -35,8 +35,12 @@ def build_app(index: ImageIndex) -> gr.Blocks:
     model = index.model
     # The pipeline accepts any model registered for its auto class (loading with trust_remote_code registers it too).
     AutoModelForZeroShotImageClassification.register(type(model.config), type(model), exist_ok=True)
-    classifier = pipeline("zero-shot-image-classification", model=model, tokenizer=model.processor.tokenizer,
-                          image_processor=model.processor.image_processor)
+    classifier = pipeline(
+        "zero-shot-image-classification",
+        model=model,
+        tokenizer=model.processor.tokenizer,
+        image_processor=model.processor.image_processor,
+    )
 
     def search_text(query, k):
         if not query or not query.strip():
@@ -51,15 +55,19 @@ def build_app(index: ImageIndex) -> gr.Blocks:
     def classify(image, labels, template):
         labels = [label.strip() for label in labels.replace("\n", ",").split(",") if label.strip()]
         if image is None or not labels:
-            raise gr.Error("Tải một ảnh lên và nhập các nhãn, cách nhau bởi dấu phẩy (an image and comma-separated labels)")
+            raise gr.Error(
+                "Tải một ảnh lên và nhập các nhãn, cách nhau bởi dấu phẩy (an image and comma-separated labels)"
+            )
         if "{}" not in template:
             raise gr.Error("The template needs a {} where the label goes")
         results = classifier(image, candidate_labels=labels, hypothesis_template=template)
         return {result["label"]: result["score"] for result in results}
 
     with gr.Blocks(title="ViCLIP-OT: tìm ảnh") as app:
-        gr.Markdown(f"# ViCLIP-OT: tìm ảnh bằng tiếng Việt\n{len(index)} images in `{index.root}`, "
-                    f"model `{index.model_name or 'unnamed'}`.")
+        gr.Markdown(
+            f"# ViCLIP-OT: tìm ảnh bằng tiếng Việt\n{len(index)} images in `{index.root}`, "
+            f"model `{index.model_name or 'unnamed'}`."
+        )
         with gr.Tab("Tìm bằng mô tả (text)"):
             with gr.Row():
                 query = gr.Textbox(label="Mô tả", placeholder=EXAMPLE_QUERIES[0], elem_id="text-query", scale=4)
@@ -80,8 +88,11 @@ def build_app(index: ImageIndex) -> gr.Blocks:
             with gr.Row():
                 to_classify = gr.Image(type="pil", label="Ảnh", elem_id="classify-image")
                 with gr.Column():
-                    labels = gr.Textbox(label="Nhãn, cách nhau bởi dấu phẩy", elem_id="classify-labels",
-                                        value="hình tròn, hình vuông, tam giác")
+                    labels = gr.Textbox(
+                        label="Nhãn, cách nhau bởi dấu phẩy",
+                        elem_id="classify-labels",
+                        value="hình tròn, hình vuông, tam giác",
+                    )
                     template = gr.Textbox(label="Mẫu câu", value=DEFAULT_TEMPLATE)
                     classify_button = gr.Button("Phân loại", variant="primary", elem_id="classify")
             scores = gr.Label(label="Xác suất", elem_id="classify-scores")
@@ -92,8 +103,10 @@ def build_app(index: ImageIndex) -> gr.Blocks:
 def demo_index(model_dir: Path = DEMO_MODEL, images: Path = DEMO_IMAGES, index_dir: Path = DEMO_INDEX) -> ImageIndex:
     """The demo model with an index of the demo corpus's test images (written and indexed on first use)."""
     if not (model_dir / "config.json").is_file():
-        sys.exit(f"error: no demo model in {model_dir}: train it with `make demo` (a few minutes on a CPU), or pass "
-                 "--model MODEL --index INDEX")
+        sys.exit(
+            f"error: no demo model in {model_dir}: train it with `make demo` (a few minutes on a CPU), or pass "
+            "--model MODEL --index INDEX"
+        )
     model = load_model(str(model_dir))
     if (index_dir / METADATA_FILE).is_file():
         try:

@@ -28,6 +28,7 @@ VISION_POOLINGS = ("avg", "token", "avgmax", "max")
 VISION_HEADS = ("linear", "mlp", "none")
 TEXT_POOLINGS = ("mean", "cls")
 TEXT_PROJECTIONS = ("auto", "linear", "none")
+CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 # Auto classes beyond AutoConfig / AutoModel that load the model as remote code: the transformers
 # `zero-shot-image-classification` pipeline loads it through AutoModelForZeroShotImageClassification.
 PIPELINE_AUTO_MAP = {"AutoModelForZeroShotImageClassification": "modeling_viclip_ot.ViCLIPOTModel"}
@@ -79,7 +80,7 @@ class ViCLIPOTConfig(PretrainedConfig):
         text_projection="auto",
         text_projection_bias=False,
         projection_dim=768,
-        logit_scale_init_value=math.log(1 / 0.07),
+        logit_scale_init_value=CLIP_LOGIT_SCALE_INIT,
         logit_bias_init_value=None,
         logit_scale_min=0.01,
         logit_scale_max=100.0,
@@ -90,7 +91,9 @@ class ViCLIPOTConfig(PretrainedConfig):
         _check_choice("text_pooling", text_pooling, TEXT_POOLINGS)
         _check_choice("text_projection", text_projection, TEXT_PROJECTIONS)
         if not 0 < logit_scale_min <= logit_scale_max:
-            raise ValueError(f"logit scale bounds must satisfy 0 < min <= max, got [{logit_scale_min}, {logit_scale_max}]")
+            raise ValueError(
+                f"logit scale bounds must satisfy 0 < min <= max, got [{logit_scale_min}, {logit_scale_max}]"
+            )
 
         self.vision_model_name = vision_model_name
         self.vision_model_kwargs = dict(vision_model_kwargs or {})

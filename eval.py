@@ -27,36 +27,67 @@ from viclip_ot.metrics import format_metrics_table
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a ViCLIP-OT, transformers (CLIP, SigLIP, ...) or "
-                        "sentence-transformers (jina-clip-v2, ...) model: folder or Hub id")
-    parser.add_argument("--text-model", help="encode texts with this sentence-transformers model, trained into "
-                        "--model's space (multilingual CLIP: --model clip-ViT-B-32 "
-                        "--text-model clip-ViT-B-32-multilingual-v1)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a ViCLIP-OT, transformers (CLIP, SigLIP, ...) or "
+        "sentence-transformers (jina-clip-v2, ...) model: folder or Hub id",
+    )
+    parser.add_argument(
+        "--text-model",
+        help="encode texts with this sentence-transformers model, trained into "
+        "--model's space (multilingual CLIP: --model clip-ViT-B-32 "
+        "--text-model clip-ViT-B-32-multilingual-v1)",
+    )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (jina-clip-v2)")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--dataset", choices=list(CORPORA), help="evaluate one split of this corpus")
-    what.add_argument("--suite", choices=["paper"], help="UIT-OpenViIC test, KTVIC train and test (deduplicated), "
-                      "Crossmodal-3600 vi, from --data-root")
+    what.add_argument(
+        "--suite",
+        choices=["paper"],
+        help="UIT-OpenViIC test, KTVIC train and test (deduplicated), Crossmodal-3600 vi, from --data-root",
+    )
     parser.add_argument("--data-dir", help="the corpus folder as downloaded (not for demo)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--dedup-report", help="remove the near-duplicates listed by python -m dataset_scripts.dedupe")
     parser.add_argument("--language", help="caption language (crossmodal3600), e.g. vi")
-    parser.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
-                        help="another corpus option, e.g. test_size=50 for demo")
-    parser.add_argument("--data-root", help="--suite paper: holds uit-openviic/, ktvic/, crossmodal3600/ and "
-                        "dedup/ktvic-{train,test}.json")
+    parser.add_argument(
+        "--option",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another corpus option, e.g. test_size=50 for demo",
+    )
+    parser.add_argument(
+        "--data-root",
+        help="--suite paper: holds uit-openviic/, ktvic/, crossmodal3600/ and dedup/ktvic-{train,test}.json",
+    )
     for split in ("train", "test"):
-        parser.add_argument(f"--ktvic-{split}-dedup", metavar="FILE", help=f"--suite paper: the KTVIC {split} report "
-                            f"(default: DATA_ROOT/dedup/ktvic-{split}.json)")
+        parser.add_argument(
+            f"--ktvic-{split}-dedup",
+            metavar="FILE",
+            help=f"--suite paper: the KTVIC {split} report (default: DATA_ROOT/dedup/ktvic-{split}.json)",
+        )
     parser.add_argument("--cache-dir", help="where built corpora are cached (default: the datasets cache)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (with their captions)")
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                        help="bf16 autocast; auto: bf16 on a GPU that supports it, fp32 otherwise")
-    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
-                        help="add 95%% intervals from N resamples of the images, each with all its captions")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="bf16 autocast; auto: bf16 on a GPU that supports it, fp32 otherwise",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add 95%% intervals from N resamples of the images, each with all its captions",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the pictures")
-    parser.add_argument("--output", default="results.json", help="the JSON file to write; the Markdown table goes "
-                        "next to it (.md)")
+    parser.add_argument(
+        "--output", default="results.json", help="the JSON file to write; the Markdown table goes next to it (.md)"
+    )
     parser.add_argument("--plots", metavar="DIR", help="save an embedding map and retrieval examples here")
     args = parser.parse_args(argv)
     if args.suite and not args.data_root:
@@ -108,7 +139,10 @@ def main(argv=None) -> dict:
             encoder, dataset, args.batch_size, accelerator, args.bootstrap, args.seed, desc=f"{eval_set.name}: encoding"
         )
         results["evaluations"][eval_set.name] = {
-            **asdict(eval_set), "images": len(dataset), "captions": len(encoded.text_embeds), "metrics": metrics
+            **asdict(eval_set),
+            "images": len(dataset),
+            "captions": len(encoded.text_embeds),
+            "metrics": metrics,
         }
         if args.plots and accelerator.is_main_process:
             folder = Path(args.plots) / (re.sub(r"[^\w.-]+", "-", eval_set.name).strip("-") if len(sets) > 1 else "")
@@ -116,12 +150,16 @@ def main(argv=None) -> dict:
 
     if accelerator.is_main_process:
         evaluations = results["evaluations"]
-        report = "\n\n".join([
-            f"Model: {args.model}",
-            format_metrics_table({name: entry["metrics"] for name, entry in evaluations.items()}),
-            "\n".join(f"- {name}: {entry['images']} images, {entry['captions']} captions"
-                      for name, entry in evaluations.items()),
-        ])
+        report = "\n\n".join(
+            [
+                f"Model: {args.model}",
+                format_metrics_table({name: entry["metrics"] for name, entry in evaluations.items()}),
+                "\n".join(
+                    f"- {name}: {entry['images']} images, {entry['captions']} captions"
+                    for name, entry in evaluations.items()
+                ),
+            ]
+        )
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2, ensure_ascii=False))

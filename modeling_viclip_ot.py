@@ -94,7 +94,9 @@ def contrastive_loss(image_embeds, text_embeds, caption_image_index, scale, bias
 def check_caption_image_index(caption_image_index, num_images, num_captions):
     """Raise a clear error unless every caption points at one of the batch's images."""
     if caption_image_index.shape != (num_captions,):
-        raise ValueError(f"caption_image_index has shape {tuple(caption_image_index.shape)}, expected ({num_captions},)")
+        raise ValueError(
+            f"caption_image_index has shape {tuple(caption_image_index.shape)}, expected ({num_captions},)"
+        )
     if num_captions and (caption_image_index.min() < 0 or caption_image_index.max() >= num_images):
         raise ValueError(f"caption_image_index must lie in [0, {num_images}) for a batch of {num_images} images")
 
@@ -141,7 +143,9 @@ def build_image_head(kind, in_dim, out_dim, dropout, bias=False):
     last Linear's."""
     if kind == "none":
         if in_dim != out_dim:
-            raise ValueError(f"vision_head='none' needs the image tower's width ({in_dim}) == projection_dim ({out_dim})")
+            raise ValueError(
+                f"vision_head='none' needs the image tower's width ({in_dim}) == projection_dim ({out_dim})"
+            )
         return nn.Identity()
     if kind == "linear":
         layers = [("drop", nn.Dropout(dropout)), ("proj", nn.Linear(in_dim, out_dim, bias=bias))]
@@ -160,7 +164,9 @@ def build_text_projection(kind, in_dim, out_dim, bias=False):
     """A linear map, or the identity (`auto` picks the identity when the widths already agree)."""
     if kind == "none" or (kind == "auto" and in_dim == out_dim):
         if in_dim != out_dim:
-            raise ValueError(f"text_projection='none' needs the text tower's width ({in_dim}) == projection_dim ({out_dim})")
+            raise ValueError(
+                f"text_projection='none' needs the text tower's width ({in_dim}) == projection_dim ({out_dim})"
+            )
         return nn.Identity()
     return nn.Linear(in_dim, out_dim, bias=bias)
 
@@ -286,7 +292,9 @@ class ViCLIPOTModel(PreTrainedModel):
     def _set_gradient_checkpointing(self, enable=True, gradient_checkpointing_func=None, every_n_layers=1):
         """Checkpoint both towers (called by `activation_checkpointing_enable` / `_disable`)."""
         self.vision_model.set_grad_checkpointing(enable)
-        kwargs = {} if gradient_checkpointing_func is None else {"gradient_checkpointing_func": gradient_checkpointing_func}
+        kwargs = (
+            {} if gradient_checkpointing_func is None else {"gradient_checkpointing_func": gradient_checkpointing_func}
+        )
         self.text_model._set_gradient_checkpointing(enable=enable, every_n_layers=every_n_layers, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -351,7 +359,7 @@ class ViCLIPOTModel(PreTrainedModel):
         if input_ids is not None:
             text_outputs = self.get_text_features(input_ids, attention_mask, token_type_ids)
             text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
-        if image_embeds is not None and text_embeds is not None :
+        if image_embeds is not None and text_embeds is not None:
             logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.T
             if self.logit_bias is not None:
                 logits_per_text = logits_per_text + self.logit_bias
@@ -470,8 +478,10 @@ class ViCLIPOTModel(PreTrainedModel):
 
         extra_timm_kwargs = dict(config_kwargs.pop("vision_model_kwargs", None) or {})
         vision_model = load_image_tower(
-            vision_model_name_or_path, config_kwargs.get("vision_pooling", "avg"),
-            config_kwargs.get("vision_model_name"), **extra_timm_kwargs,
+            vision_model_name_or_path,
+            config_kwargs.get("vision_pooling", "avg"),
+            config_kwargs.get("vision_model_name"),
+            **extra_timm_kwargs,
         )
         text_model = load_text_tower(text_model_name_or_path)
         # The tower's saved model_args (a resized or fine-tuned export) and the caller's, so the config rebuilds it.

@@ -60,8 +60,14 @@ class ViCLIPOTImageProcessor(BaseImageProcessor):
 
     model_input_names = ["pixel_values"]
 
-    def __init__(self, crop_size=224, resize_size=None, image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD,
-                 **kwargs):
+    def __init__(
+        self,
+        crop_size=224,
+        resize_size=None,
+        image_mean=IMAGENET_DEFAULT_MEAN,
+        image_std=IMAGENET_DEFAULT_STD,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.crop_size = crop_size
         self.resize_size = resize_size or round(crop_size * 256 / 224)

@@ -38,21 +38,41 @@ ROWS = {
     "SigLIP+UOT": {"loss_type": "siglip_uot", "logit_scale_init_value": math.log(10), "logit_bias_init_value": -10.0},
     "SIGROT": {"loss_type": "sigrot", "contrastive_weight": 0.0},
     "ViCLIP-OT": {"loss_type": "clip_sigrot"},
-    "ViSigLIP-OT": {"loss_type": "siglip_sigrot", "logit_scale_init_value": math.log(1 / 0.06), "logit_bias_init_value": -9.0},
-    "ViCLIP-OT, normalised plan, prior T 0.02": {"loss_type": "clip_sigrot", "normalise_plan": True,
-                                                 "prior_temperature": 0.02},
+    "ViSigLIP-OT": {
+        "loss_type": "siglip_sigrot",
+        "logit_scale_init_value": math.log(1 / 0.06),
+        "logit_bias_init_value": -9.0,
+    },
+    "ViCLIP-OT, normalised plan, prior T 0.02": {
+        "loss_type": "clip_sigrot",
+        "normalise_plan": True,
+        "prior_temperature": 0.02,
+    },
     "ViCLIP-OT, normalised plan": {"loss_type": "clip_sigrot", "normalise_plan": True},
 }
 # every run starts from the paper's loss settings (the demo config's own choices do not leak into the rows)
-PAPER_LOSS = {"contrastive_weight": 0.1, "normalise_plan": False, "prior_temperature": None,
-              "detach_prior_scale": False, "ot_reg": 0.05, "ot_reg_m": 0.5}
+PAPER_LOSS = {
+    "contrastive_weight": 0.1,
+    "normalise_plan": False,
+    "prior_temperature": None,
+    "detach_prior_scale": False,
+    "ot_reg": 0.05,
+    "ot_reg_m": 0.5,
+}
 TEACHERS = ("MiniLM (shipped)", "perfect", "perfect + noise")
 TEACHER_NOISE = 0.15  # standard deviation per dimension of the noisy perfect teacher (rows have norm 1)
 METRICS = ("avg_R", "alignment", "modality_gap", "plan_row_mass")
 
 # --suite paper: the seven configs (Table 1's rows) and the Avg R@K the paper publishes for four of them.
-PAPER_CONFIGS = {"CLIP": "clip", "SigLIP": "siglip", "CLIP+UOT": "clip_uot", "SigLIP+UOT": "siglip_uot",
-                 "SIGROT": "sigrot", "ViCLIP-OT": "viclip_ot", "ViSigLIP-OT": "visiglip_ot"}
+PAPER_CONFIGS = {
+    "CLIP": "clip",
+    "SigLIP": "siglip",
+    "CLIP+UOT": "clip_uot",
+    "SigLIP+UOT": "siglip_uot",
+    "SIGROT": "sigrot",
+    "ViCLIP-OT": "viclip_ot",
+    "ViSigLIP-OT": "visiglip_ot",
+}
 PAPER_AVG_R = {
     "UIT-OpenViIC test": {"CLIP": 61.59, "SigLIP": 64.77, "ViCLIP-OT": 67.34, "ViSigLIP-OT": 68.96},
     "KTVIC test (dedup)": {"CLIP": 79.32, "SigLIP": 81.38, "ViCLIP-OT": 82.68, "ViSigLIP-OT": 82.78},
@@ -73,8 +93,13 @@ def scene_factor_teacher(noise=0.0, seed=0):
     from dataset_scripts.teacher_embeddings import TeacherEmbeddings, corpus_fingerprint
 
     config = DemoConfig(name="default")
-    factors = {"count": list(COUNTS), "shape": list(SHAPES), "colour": list(COLOURS), "position": list(POSITIONS),
-               "background": list(BACKGROUNDS)}
+    factors = {
+        "count": list(COUNTS),
+        "shape": list(SHAPES),
+        "colour": list(COLOURS),
+        "position": list(POSITIONS),
+        "background": list(BACKGROUNDS),
+    }
     offsets = np.cumsum([0] + [len(values) for values in factors.values()])
     rng = np.random.default_rng([config.seed, 0])  # the demo builder's generator of the train split
     codes, image_ids, captions = [], [], []
@@ -93,11 +118,19 @@ def scene_factor_teacher(noise=0.0, seed=0):
         generator = torch.Generator().manual_seed(seed)
         image_rows = image_rows + noise * torch.randn(image_rows.shape, generator=generator)
         text_rows = text_rows + noise * torch.randn(text_rows.shape, generator=generator)
-    metadata = {"teacher": f"scene factors, noise {noise}", "corpus": "demo", "split": "train",
-                "corpus_fingerprint": corpus_fingerprint(image_ids, captions)}
-    return TeacherEmbeddings(torch.nn.functional.normalize(image_rows, dim=-1),
-                             torch.nn.functional.normalize(text_rows, dim=-1), image_ids, torch.tensor(counts),
-                             metadata)
+    metadata = {
+        "teacher": f"scene factors, noise {noise}",
+        "corpus": "demo",
+        "split": "train",
+        "corpus_fingerprint": corpus_fingerprint(image_ids, captions),
+    }
+    return TeacherEmbeddings(
+        torch.nn.functional.normalize(image_rows, dim=-1),
+        torch.nn.functional.normalize(text_rows, dim=-1),
+        image_ids,
+        torch.tensor(counts),
+        metadata,
+    )
 
 
 def teacher_files(folder):
@@ -154,11 +187,19 @@ def run_study(args):
     runs_folder, work = Path(args.runs), Path(args.work_dir)
     runs_folder.mkdir(parents=True, exist_ok=True)
     teachers = teacher_files(work)
-    common = {"num_train_epochs": args.epochs, "max_train_images": args.train_images, "gradcache_chunk_size": 0,
-              "eval_strategy": "no",
-              "save_strategy": "no", "load_best_model_at_end": False, "logging_steps": args.logging_steps,
-              "disable_tqdm": True}
-    todo = [run for run in study_runs(args.rows, args.teachers, args.seeds) if not run_path(runs_folder, *run).is_file()]
+    common = {
+        "num_train_epochs": args.epochs,
+        "max_train_images": args.train_images,
+        "gradcache_chunk_size": 0,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "load_best_model_at_end": False,
+        "logging_steps": args.logging_steps,
+        "disable_tqdm": True,
+    }
+    todo = [
+        run for run in study_runs(args.rows, args.teachers, args.seeds) if not run_path(runs_folder, *run).is_file()
+    ]
     for row, teacher, seed in tqdm(todo, desc="ablation runs"):
         options = {**common, **PAPER_LOSS, **ROWS[row], "seed": seed}
         if teacher is not None:
@@ -166,9 +207,16 @@ def run_study(args):
         output_dir = Path(tempfile.mkdtemp(dir=work))
         start = time.perf_counter()
         metrics = train_run(args.config, options, output_dir)
-        record = {"row": row, "teacher": teacher, "seed": seed, "epochs": args.epochs, "train_images": args.train_images,
-                  "options": ROWS[row],
-                  "seconds": round(time.perf_counter() - start, 1), "metrics": metrics}
+        record = {
+            "row": row,
+            "teacher": teacher,
+            "seed": seed,
+            "epochs": args.epochs,
+            "train_images": args.train_images,
+            "options": ROWS[row],
+            "seconds": round(time.perf_counter() - start, 1),
+            "metrics": metrics,
+        }
         shutil.rmtree(output_dir)
         write_json(run_path(runs_folder, row, teacher, seed), record)
     write_report(runs_folder, args.output, study_runs(args.rows, args.teachers, args.seeds))
@@ -208,18 +256,20 @@ def write_report(runs_folder, output, expected=()):
     sizes = sorted({(record["train_images"], record["epochs"]) for record in finished})
     size = ", ".join(f"{images} training images x {epochs:g} epochs" for images, epochs in sizes)
     lines = [
-        (f"Demo corpus, test split (200 images); `configs/demo.yaml` towers and optimiser, {size} (batch 64), no "
-         "gradient caching; mean over seeds ± the 95 % t-interval half-width. `plan mass`: mean row mass of "
-         "T = N P* on the training batches of the last logging interval (the loss's own plan, or one of the same "
-         "Sinkhorn settings for the rows without). Teacher `-`: the row uses none."),
+        (
+            f"Demo corpus, test split (200 images); `configs/demo.yaml` towers and optimiser, {size} (batch 64), no "
+            "gradient caching; mean over seeds ± the 95 % t-interval half-width. `plan mass`: mean row mass of "
+            "T = N P* on the training batches of the last logging interval (the loss's own plan, or one of the same "
+            "Sinkhorn settings for the rows without). Teacher `-`: the row uses none."
+        ),
         "",
         "| loss | teacher | seeds | avg R@K | alignment | modality gap | plan mass |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     order = {row: i for i, row in enumerate(ROWS)}
-    for (row, teacher), records in sorted(groups.items(), key=lambda item: (TEACHERS.index(item[0][1])
-                                                                             if item[0][1] else -1,
-                                                                             order.get(item[0][0], 99))):
+    for (row, teacher), records in sorted(
+        groups.items(), key=lambda item: (TEACHERS.index(item[0][1]) if item[0][1] else -1, order.get(item[0][0], 99))
+    ):
         cells = []
         for metric in METRICS:
             mean, half = interval([record["metrics"].get(metric, float("nan")) for record in records])
@@ -229,8 +279,11 @@ def write_report(runs_folder, output, expected=()):
     done = {(record["row"], record["teacher"], record["seed"]) for record in finished}
     missing = [run for run in expected if run not in done]
     if missing:
-        lines += ["", f"**Partial: {len(missing)} of {len(expected)} runs missing:** "
-                  + "; ".join(f"{row} / {teacher or '-'} / seed {seed}" for row, teacher, seed in missing)]
+        lines += [
+            "",
+            f"**Partial: {len(missing)} of {len(expected)} runs missing:** "
+            + "; ".join(f"{row} / {teacher or '-'} / seed {seed}" for row, teacher, seed in missing),
+        ]
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     table = "\n".join(lines) + "\n"
@@ -257,12 +310,21 @@ def plot_study(groups, path):
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
     for axis, metric, label in zip(axes, METRICS, ("avg R@K (%)", "alignment", "modality gap")):
         for offset, teacher in enumerate(teachers):
-            points = [(index, *interval([r["metrics"][metric] for r in groups[(row, teacher)]]))
-                      for index, row in enumerate(rows) if (row, teacher) in groups]
+            points = [
+                (index, *interval([r["metrics"][metric] for r in groups[(row, teacher)]]))
+                for index, row in enumerate(rows)
+                if (row, teacher) in groups
+            ]
             if points:
                 index, mean, half = np.array(points).T
-                axis.errorbar(mean, index + (offset - 1.5) * 0.15, xerr=np.nan_to_num(half), fmt="o", capsize=3,
-                              label=teacher or "no teacher")
+                axis.errorbar(
+                    mean,
+                    index + (offset - 1.5) * 0.15,
+                    xerr=np.nan_to_num(half),
+                    fmt="o",
+                    capsize=3,
+                    label=teacher or "no teacher",
+                )
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0].set_yticks(range(len(rows)), rows)
@@ -295,13 +357,42 @@ def run_paper_suite(args):
     for split in ("train", "test"):
         report = root / "dedup" / f"ktvic-{split}.json"
         if not report.is_file():
-            dedupe.main(["--reference-dir", str(root / "uit-openviic"), "--target-corpus", "ktvic",
-                         "--target-dir", str(root / "ktvic"), "--target-split", split, "--output", str(report),
-                         "--model", str(args.sscd), "--num-workers", "0", "--cache-dir", str(work / "cache")])
+            dedupe.main(
+                [
+                    "--reference-dir",
+                    str(root / "uit-openviic"),
+                    "--target-corpus",
+                    "ktvic",
+                    "--target-dir",
+                    str(root / "ktvic"),
+                    "--target-split",
+                    split,
+                    "--output",
+                    str(report),
+                    "--model",
+                    str(args.sscd),
+                    "--num-workers",
+                    "0",
+                    "--cache-dir",
+                    str(work / "cache"),
+                ]
+            )
     teacher = work / "teachers" / "uit-openviic-train.safetensors"
     if not teacher.is_file():
-        teacher_embeddings.main(["--corpus", "uit-openviic", "--data-dir", str(root / "uit-openviic"), "--split",
-                                 "train", "--teacher", args.teacher, "--output", str(teacher)])
+        teacher_embeddings.main(
+            [
+                "--corpus",
+                "uit-openviic",
+                "--data-dir",
+                str(root / "uit-openviic"),
+                "--split",
+                "train",
+                "--teacher",
+                args.teacher,
+                "--output",
+                str(teacher),
+            ]
+        )
     overrides = [item for pair in args.train_option for item in ("--" + pair[0], pair[1])]
     results = {}
     for row in args.paper_rows:
@@ -314,8 +405,20 @@ def run_paper_suite(args):
                 if LOSS_TYPES[read_config(config)["loss_type"]].needs_teacher:
                     options += ["--teacher_embeddings", str(teacher)]
                 train.main([str(config), *options, *overrides])
-            evaluate.main(["--model", str(folder / "final"), "--suite", "paper", "--data-root", str(root),
-                           "--cache-dir", str(work / "cache"), "--output", str(evaluation)])
+            evaluate.main(
+                [
+                    "--model",
+                    str(folder / "final"),
+                    "--suite",
+                    "paper",
+                    "--data-root",
+                    str(root),
+                    "--cache-dir",
+                    str(work / "cache"),
+                    "--output",
+                    str(evaluation),
+                ]
+            )
         results[row] = json.loads(evaluation.read_text())["evaluations"]
     table = paper_table(results)
     write_text(Path(args.output), table)
@@ -326,8 +429,10 @@ def run_paper_suite(args):
 def paper_table(results):
     """Avg R@K (ours / the paper's) per evaluation set, alignment and gap on UIT-OpenViIC test."""
     sets = list(next(iter(results.values())))
-    lines = ["| loss | " + " | ".join(f"{name} Avg R@K (paper)" for name in sets) + " | alignment | modality gap |",
-             "|---|" + "---:|" * (len(sets) + 2)]
+    lines = [
+        "| loss | " + " | ".join(f"{name} Avg R@K (paper)" for name in sets) + " | alignment | modality gap |",
+        "|---|" + "---:|" * (len(sets) + 2),
+    ]
     for row, evaluations in results.items():
         cells = []
         for name in sets:
@@ -347,9 +452,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=["demo", "paper"], default="demo")
     parser.add_argument("--config", default=REPO / "configs" / "demo.yaml", help="demo: the base config")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS)[:-1], choices=list(ROWS), metavar="ROW",
-                        help="run in this order (default: all but the last, normalisation alone, left out to fit the "
-                             "study in an hour)")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=list(ROWS)[:-1],
+        choices=list(ROWS),
+        metavar="ROW",
+        help="run in this order (default: all but the last, normalisation alone, left out to fit the study in an hour)",
+    )
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS), metavar="TEACHER")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=float, default=6, help="demo: training epochs of every run")
@@ -362,12 +472,19 @@ def parse_args(argv=None):
     parser.add_argument("--report-only", action="store_true", help="only write the table and figure")
     paper = parser.add_argument_group("--suite paper")
     paper.add_argument("--data-root", help="holds uit-openviic/, ktvic/, crossmodal3600/ (dedup/ is written there)")
-    paper.add_argument("--paper-rows", nargs="+", default=list(PAPER_CONFIGS), choices=list(PAPER_CONFIGS),
-                       metavar="ROW")
+    paper.add_argument(
+        "--paper-rows", nargs="+", default=list(PAPER_CONFIGS), choices=list(PAPER_CONFIGS), metavar="ROW"
+    )
     paper.add_argument("--teacher", default="Qwen/Qwen3-VL-Embedding-2B", help="teacher model of the graph")
     paper.add_argument("--sscd", default="sscd_disc_mixup.torchscript.pt", help="near-duplicate descriptor")
-    paper.add_argument("--train-option", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
-                       help="a train.py option for every config (e.g. num_train_epochs 1)")
+    paper.add_argument(
+        "--train-option",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("FIELD", "VALUE"),
+        help="a train.py option for every config (e.g. num_train_epochs 1)",
+    )
     args = parser.parse_args(argv)
     if args.suite == "paper" and not args.data_root:
         parser.error("--suite paper needs --data-root")

@@ -34,7 +34,9 @@ def build_model(model_args, train_dataset, output_dir):
         return ViCLIPOTModel.from_pretrained(model_args.model_name_or_path)
     if not model_args.small_towers:
         return ViCLIPOTModel.from_towers(
-            model_args.vision_tower, model_args.text_tower, word_segmentation=model_args.word_segmentation,
+            model_args.vision_tower,
+            model_args.text_tower,
+            word_segmentation=model_args.word_segmentation,
             **model_args.config_kwargs(),
         )
     captions = [caption for captions in train_dataset["captions"] for caption in captions]
@@ -43,7 +45,8 @@ def build_model(model_args, train_dataset, output_dir):
     )
     overrides = model_args.config_kwargs()
     overrides["vision_model_kwargs"] = {
-        **small_image_tower_kwargs(image_size=model_args.image_size), **overrides["vision_model_kwargs"]
+        **small_image_tower_kwargs(image_size=model_args.image_size),
+        **overrides["vision_model_kwargs"],
     }
     model = ViCLIPOTModel(small_config(text_folder, **overrides))
     model.processor = ViCLIPOTProcessor.from_text_tower(text_folder, crop_size=model.config.image_size)
@@ -60,13 +63,18 @@ def main(argv) -> dict:
     set_seed(training_args.seed)
 
     train_dataset = load_split(data_args, data_args.train_split, data_args.max_train_images)
-    eval_dataset = load_split(data_args, data_args.eval_split, data_args.max_eval_images) if data_args.eval_split else None
+    eval_dataset = (
+        load_split(data_args, data_args.eval_split, data_args.max_eval_images) if data_args.eval_split else None
+    )
     test_dataset = load_split(data_args, data_args.test_split) if data_args.test_split else None
 
     teacher = None
     if LOSS_TYPES[loss_args.loss_type].needs_teacher:
         if not data_args.teacher_embeddings:
-            raise ValueError(f"loss_type={loss_args.loss_type} needs --teacher_embeddings (see dataset_scripts/teacher_embeddings.py)")
+            raise ValueError(
+                f"loss_type={loss_args.loss_type} needs --teacher_embeddings (see "
+                f"dataset_scripts/teacher_embeddings.py)"
+            )
         teacher = TeacherEmbeddings.load(data_args.teacher_embeddings)
         teacher.check_corpus(train_dataset)
 
@@ -74,8 +82,12 @@ def main(argv) -> dict:
     freeze(model, training_args.freeze_image_blocks, training_args.freeze_text_tower)
     augment = train_transform(model.processor.image_processor, data_args.horizontal_flip)
     collator = ContrastiveCollator(model.processor, augment, teacher, seed=training_args.seed)
-    training_config = {**asdict(model_args), **asdict(data_args), **asdict(loss_args),
-                       "base_models": [model_args.vision_tower, model_args.text_tower] if not model_args.small_towers else []}
+    training_config = {
+        **asdict(model_args),
+        **asdict(data_args),
+        **asdict(loss_args),
+        "base_models": [model_args.vision_tower, model_args.text_tower] if not model_args.small_towers else [],
+    }
     trainer = ViCLIPOTTrainer(
         model=model,
         args=training_args,
@@ -103,7 +115,9 @@ def main(argv) -> dict:
         if diagnostics:
             print("\nlast training diagnostics: " + ", ".join(f"{k} {v:.3f}" for k, v in diagnostics.items()))
         if results:
-            table = format_metrics_table({name: {k[5:]: v for k, v in metrics.items()} for name, metrics in results.items()})
+            table = format_metrics_table(
+                {name: {k[5:]: v for k, v in metrics.items()} for name, metrics in results.items()}
+            )
             print(f"\n{data_args.dataset} {data_args.test_split} ({len(test_dataset)} images):\n{table}")
             (final_dir / "results.json").write_text(json.dumps(results, indent=2))
         print(f"\nmodel saved to {final_dir}")

@@ -38,14 +38,17 @@ def main():
     args = parser.parse_args()
     losses = logged_losses(args.log.read_text())
     model = ViCLIPOTModel.from_pretrained(args.model)
-    vision_attention = {type(block.attn).__name__: getattr(block.attn, "fused_attn", None)
-                        for block in model.vision_model.blocks}
+    vision_attention = {
+        type(block.attn).__name__: getattr(block.attn, "fused_attn", None) for block in model.vision_model.blocks
+    }
     finite = bool(losses) and all(math.isfinite(loss) for loss in losses)
     lines = [
         f"train.py with --small_towers ({environment('cuda' if torch.cuda.is_available() else 'cpu')}):",
         "",
         f"- {len(losses)} logged losses, first {losses[0]:.4f}, last {losses[-1]:.4f}, all finite: "
-        f"{'yes' if finite else 'NO'}" if losses else "- no loss was logged",
+        f"{'yes' if finite else 'NO'}"
+        if losses
+        else "- no loss was logged",
         f"- text tower attention: `{model.text_model.config._attn_implementation}`; image tower blocks: "
         + ", ".join(f"{name} (fused scaled_dot_product_attention: {on})" for name, on in vision_attention.items()),
         f"- run with: {args.settings}",

@@ -68,32 +68,61 @@ def benchmark(model, device, dtype, args, generator):
     rows = []
     for kind, function, batch, shape in (
         ("images", encode_images, args.image_batch, "224x224"),
-        ("texts", encode_texts, args.text_batch,
-         (f"{CAPTION_TOKENS[0]}-{CAPTION_TOKENS[1]} tokens (mean {attention_mask.sum(1).float().mean():.1f}), "
-         f"padded to {input_ids.shape[1]}")),
+        (
+            "texts",
+            encode_texts,
+            args.text_batch,
+            (
+                f"{CAPTION_TOKENS[0]}-{CAPTION_TOKENS[1]} tokens (mean {attention_mask.sum(1).float().mean():.1f}), "
+                f"padded to {input_ids.shape[1]}"
+            ),
+        ),
     ):
         print(f"{device} {dtype} {kind}: batch {batch} (load average {load_average()})", flush=True)
         cpu_times = []
-        times = repeat_timing(function, args.warmup, args.repeats, device, label=f"{device} {kind}",
-                              cpu_times=cpu_times)
+        times = repeat_timing(
+            function, args.warmup, args.repeats, device, label=f"{device} {kind}", cpu_times=cpu_times
+        )
         seconds = median(times)
-        rows.append([device, dtype, kind, shape, batch, f"{seconds:.2f}", f"{batch / seconds:.1f}", spread(times),
-                     f"{median(cpu_times):.1f}"])
+        rows.append(
+            [
+                device,
+                dtype,
+                kind,
+                shape,
+                batch,
+                f"{seconds:.2f}",
+                f"{batch / seconds:.1f}",
+                spread(times),
+                f"{median(cpu_times):.1f}",
+            ]
+        )
         print(markdown_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
     model.to("cpu")
     return rows
 
 
-HEADERS = ["device", "precision", "input", "shape", "batch", "median s / batch", "items / s", "range (s)",
-           "median CPU s / batch"]
+HEADERS = [
+    "device",
+    "precision",
+    "input",
+    "shape",
+    "batch",
+    "median s / batch",
+    "items / s",
+    "range (s)",
+    "median CPU s / batch",
+]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="run one device only (default: CPU, and CUDA "
-                        "when present)")
-    parser.add_argument("--dtype", choices=list(DTYPES), help="fp32, or autocast to bf16/fp16 (default: fp32 on "
-                        "the CPU, bf16 on CUDA)")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], help="run one device only (default: CPU, and CUDA when present)"
+    )
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), help="fp32, or autocast to bf16/fp16 (default: fp32 on the CPU, bf16 on CUDA)"
+    )
     parser.add_argument("--image-batch", type=int, default=32)
     parser.add_argument("--text-batch", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=1)
@@ -115,27 +144,39 @@ def main():
     for device, dtype in cases(args):
         rows += benchmark(model, device, dtype, args, generator)
     if not torch.cuda.is_available():
-        notes.append("No CUDA GPU on this machine: the GPU (bf16 autocast) case was skipped; "
-                     "`python benchmarks/encode.py --device cuda --dtype bf16` runs it where there is one.")
+        notes.append(
+            "No CUDA GPU on this machine: the GPU (bf16 autocast) case was skipped; "
+            "`python benchmarks/encode.py --device cuda --dtype bf16` runs it where there is one."
+        )
 
-    text = "\n".join([
-        "# Encoding throughput",
-        "",
-        (f"{environment('cuda' if any(d == 'cuda' for d, _ in cases(args)) else 'cpu')}; "
-        f"load average (1/5/15 min) {load_before} at the start, {load_average()} at the end."),
-        "",
-        (f"Paper-size model (DINOv3 ViT-B/16 + PhoBERT-base, {parameters / 1e6:.1f} M parameters, random weights), "
-        "eval mode, `torch.inference_mode()`, `get_image_features` / `get_text_features` + L2 normalisation on "
-        "random inputs (preprocessing not timed). Texts: random token ids, lengths drawn uniformly from "
-        f"{CAPTION_TOKENS[0]}-{CAPTION_TOKENS[1]} PhoBERT tokens (<s> and </s> included), padded to the longest "
-        f"caption of the batch. {args.warmup} warm-up batch(es), then the median of {args.repeats} timed batches; "
-        "range = fastest-slowest timed batch. CPU s = the process's user + system CPU time per batch (all threads): "
-        f"about {torch.get_num_threads()} x the wall-clock time when no other process competed for the cores."),
-        "",
-        markdown_table(HEADERS, rows),
-        "",
-        *notes,
-    ])
+    text = "\n".join(
+        [
+            "# Encoding throughput",
+            "",
+            (
+                f"{environment('cuda' if any(d == 'cuda' for d, _ in cases(args)) else 'cpu')}; "
+                f"load average (1/5/15 min) {load_before} at the start, {load_average()} at the end."
+            ),
+            "",
+            (
+                f"Paper-size model (DINOv3 ViT-B/16 + PhoBERT-base, {parameters / 1e6:.1f} M parameters, random "
+                f"weights), "
+                "eval mode, `torch.inference_mode()`, `get_image_features` / `get_text_features` + L2 normalisation on "
+                "random inputs (preprocessing not timed). Texts: random token ids, lengths drawn uniformly from "
+                f"{CAPTION_TOKENS[0]}-{CAPTION_TOKENS[1]} PhoBERT tokens (<s> and </s> included), padded to the "
+                f"longest "
+                f"caption of the batch. {args.warmup} warm-up batch(es), then the median of {args.repeats} timed "
+                f"batches; "
+                "range = fastest-slowest timed batch. CPU s = the process's user + system CPU time per batch (all "
+                "threads): "
+                f"about {torch.get_num_threads()} x the wall-clock time when no other process competed for the cores."
+            ),
+            "",
+            markdown_table(HEADERS, rows),
+            "",
+            *notes,
+        ]
+    )
     print("\n" + text)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -38,16 +38,22 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def chunks_by_image(batch, chunk_size, captions_per_image):
     """The former layout: chunk j holds the captions of images j * chunk_size ..., padded to the batch's longest."""
     step = chunk_size * captions_per_image
-    return [{"input_ids": batch["input_ids"][start : start + step],
-             "attention_mask": batch["attention_mask"][start : start + step]}
-            for start in range(0, len(batch["input_ids"]), step)]
+    return [
+        {
+            "input_ids": batch["input_ids"][start : start + step],
+            "attention_mask": batch["attention_mask"][start : start + step],
+        }
+        for start in range(0, len(batch["input_ids"]), step)
+    ]
 
 
 def length_sorted_batches(input_ids, attention_mask, batch_size):
     """`encode_text`'s batching: longest first, each batch trimmed to its longest."""
     order = torch.argsort(attention_mask.sum(1), descending=True, stable=True)
-    return [dict(zip(("input_ids", "attention_mask"), trim_padding(input_ids[rows], attention_mask[rows])))
-            for rows in order.split(batch_size)]
+    return [
+        dict(zip(("input_ids", "attention_mask"), trim_padding(input_ids[rows], attention_mask[rows])))
+        for rows in order.split(batch_size)
+    ]
 
 
 def padded_share(batches):
@@ -79,23 +85,30 @@ def main():
     tower = AutoModel.from_config(config, attn_implementation="sdpa").to(args.device)
     generator = torch.Generator().manual_seed(0)
     input_ids, attention_mask = random_captions(args.images * args.captions_per_image, generator)
-    batch = {"input_ids": input_ids.to(args.device), "attention_mask": attention_mask.to(args.device),
-             "pixel_values": torch.empty(args.images, 0)}
+    batch = {
+        "input_ids": input_ids.to(args.device),
+        "attention_mask": attention_mask.to(args.device),
+        "pixel_values": torch.empty(args.images, 0),
+    }
     corpus_ids, corpus_mask = (tensor.to(args.device) for tensor in random_captions(args.corpus, generator))
     layouts = {
         "training step": {
-            "before: captions by image, batch-wide padding": chunks_by_image(batch, args.chunk_size,
-                                                                           args.captions_per_image),
+            "before: captions by image, batch-wide padding": chunks_by_image(
+                batch, args.chunk_size, args.captions_per_image
+            ),
             "after: length-sorted chunks, each trimmed": gradcache_chunks(batch, args.chunk_size)[0],
         },
         "encode_text": {
-            "before: corpus order": [dict(zip(("input_ids", "attention_mask"), trim_padding(ids, mask))) for ids, mask
-                                     in zip(corpus_ids.split(args.batch_size), corpus_mask.split(args.batch_size))],
+            "before: corpus order": [
+                dict(zip(("input_ids", "attention_mask"), trim_padding(ids, mask)))
+                for ids, mask in zip(corpus_ids.split(args.batch_size), corpus_mask.split(args.batch_size))
+            ],
             "after: longest first": length_sorted_batches(corpus_ids, corpus_mask, args.batch_size),
         },
     }
-    autocast = torch.autocast(torch.device(args.device).type, dtype=DTYPES[args.dtype],
-                              enabled=DTYPES[args.dtype] is not None)
+    autocast = torch.autocast(
+        torch.device(args.device).type, dtype=DTYPES[args.dtype], enabled=DTYPES[args.dtype] is not None
+    )
 
     def train_pass(chunks):
         tower.train()
@@ -116,33 +129,64 @@ def main():
         variants = layouts[place]
         times = {name: [] for name in variants}
         cpu_times = {name: [] for name in variants}
-        for name, batches in variants.items():
+        for batches in variants.values():
             repeat_timing(functools.partial(function, batches), 1, 0, args.device)  # warm-up
         for index in range(args.repeats):
             for name, batches in variants.items():
                 run = functools.partial(function, batches)
                 times[name] += repeat_timing(run, 0, 1, args.device, cpu_times=cpu_times[name])
-                print(f"  {place}, {name}: run {index + 1}/{args.repeats} {times[name][-1]:.2f} s "
-                      f"(CPU {cpu_times[name][-1]:.2f} s)", flush=True)
+                print(
+                    f"  {place}, {name}: run {index + 1}/{args.repeats} {times[name][-1]:.2f} s "
+                    f"(CPU {cpu_times[name][-1]:.2f} s)",
+                    flush=True,
+                )
         measure = times if cuda else cpu_times
         first = median(next(iter(measure.values())))
         for name, batches in variants.items():
             share, tokens = padded_share(batches)
-            rows.append([place, name, len(batches), f"{tokens:,}", f"{100 * share:.1f} %",
-                         f"{median(measure[name]):.2f}", spread(measure[name]),
-                         f"{median(measure[name]) / first:.2f}x"])
+            rows.append(
+                [
+                    place,
+                    name,
+                    len(batches),
+                    f"{tokens:,}",
+                    f"{100 * share:.1f} %",
+                    f"{median(measure[name]):.2f}",
+                    spread(measure[name]),
+                    f"{median(measure[name]) / first:.2f}x",
+                ]
+            )
 
     unit = "wall s (synchronised)" if cuda else "CPU s"
-    table = "\n".join([
-        (f"Text tower: PhoBERT-base layout with {args.text_layers} layers, random weights, {args.device} {args.dtype}. "
-        f"Training step: {args.images} images x {args.captions_per_image} captions, chunks of {args.chunk_size} "
-        f"images, forward + backward. encode_text: {args.corpus:,} captions in batches of {args.batch_size}, "
-        f"forward. Captions of 15-30 random tokens. {environment(args.device)}. Load average {load_before} before, "
-        f"{load_average()} after. Medians of {args.repeats} interleaved runs. Generated by `benchmarks/padding.py`."),
-        "",
-        markdown_table(["where", "layout", "batches", "tokens computed", "padded-token share", f"median {unit}",
-                        "range", "time vs before"], rows),
-    ])
+    table = "\n".join(
+        [
+            (
+                f"Text tower: PhoBERT-base layout with {args.text_layers} layers, random weights, {args.device} "
+                f"{args.dtype}. "
+                f"Training step: {args.images} images x {args.captions_per_image} captions, chunks of "
+                f"{args.chunk_size} "
+                f"images, forward + backward. encode_text: {args.corpus:,} captions in batches of {args.batch_size}, "
+                f"forward. Captions of 15-30 random tokens. {environment(args.device)}. Load average {load_before} "
+                f"before, "
+                f"{load_average()} after. Medians of {args.repeats} interleaved runs. Generated by "
+                f"`benchmarks/padding.py`."
+            ),
+            "",
+            markdown_table(
+                [
+                    "where",
+                    "layout",
+                    "batches",
+                    "tokens computed",
+                    "padded-token share",
+                    f"median {unit}",
+                    "range",
+                    "time vs before",
+                ],
+                rows,
+            ),
+        ]
+    )
     print("\n" + table)
     if not args.smoke or args.output != parser.get_default("output"):
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -119,11 +119,24 @@ def measure(size, data, args, rng):
             index.hnsw.efSearch = options["ef_search"]
         single, batched, found = search_times(index, queries)
         exact = found if exact is None else exact
-        setting = {"flat": "exact", "ivf": f"nlist={getattr(index, 'nlist', '')} nprobe={options.get('nprobe')}",
-                   "hnsw": f"M={args.hnsw_m} efC={args.ef_construction} efSearch={options.get('ef_search')}"}[index_type]
-        row = [f"{size:,}", data, index_type, setting, f"{seconds:.1f}", f"{memory:.2f}",
-               ms(np.percentile(single, 50)), ms(np.percentile(single, 99)), ms(np.percentile(batched, 50)),
-               ms(np.percentile(batched, 99)), f"{recall_at_k(found, exact):.3f}"]
+        setting = {
+            "flat": "exact",
+            "ivf": f"nlist={getattr(index, 'nlist', '')} nprobe={options.get('nprobe')}",
+            "hnsw": f"M={args.hnsw_m} efC={args.ef_construction} efSearch={options.get('ef_search')}",
+        }[index_type]
+        row = [
+            f"{size:,}",
+            data,
+            index_type,
+            setting,
+            f"{seconds:.1f}",
+            f"{memory:.2f}",
+            ms(np.percentile(single, 50)),
+            ms(np.percentile(single, 99)),
+            ms(np.percentile(batched, 50)),
+            ms(np.percentile(batched, 99)),
+            f"{recall_at_k(found, exact):.3f}",
+        ]
         print("  " + " | ".join(row), flush=True)
         rows.append(row)
     return rows
@@ -137,7 +150,9 @@ def main():
     parser.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=80)
-    parser.add_argument("--data", nargs="+", choices=["clustered", "uniform", "latent"], default=["clustered", "uniform"])
+    parser.add_argument(
+        "--data", nargs="+", choices=["clustered", "uniform", "latent"], default=["clustered", "uniform"]
+    )
     parser.add_argument("--noise", type=float, default=1.5, help="clustered data: norm of the noise")
     parser.add_argument("--uniform-max-size", type=int, default=100_000, help="uniform data up to this size")
     parser.add_argument("--hnsw-max-size", type=int, default=100_000, help="skip HNSW above this size (build time)")
@@ -145,14 +160,28 @@ def main():
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    started = f"{environment()}, faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads); load average " \
-              f"(1/5/15 min) {load_average()} at the start"
+    started = (
+        f"{environment()}, faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads); load average "
+        f"(1/5/15 min) {load_average()} at the start"
+    )
     rng = np.random.default_rng(0)
-    runs = [(size, data) for data in args.data for size in args.sizes
-            if data != "uniform" or size <= args.uniform_max_size]
+    runs = [
+        (size, data) for data in args.data for size in args.sizes if data != "uniform" or size <= args.uniform_max_size
+    ]
     rows = [row for size, data in runs for row in measure(size, data, args, rng)]
-    headers = ["images", "data", "index", "setting", "build s", "index GiB", "1 query p50 ms", "1 query p99 ms",
-               "64 queries p50 ms", "64 queries p99 ms", "recall@10"]
+    headers = [
+        "images",
+        "data",
+        "index",
+        "setting",
+        "build s",
+        "index GiB",
+        "1 query p50 ms",
+        "1 query p99 ms",
+        "64 queries p50 ms",
+        "64 queries p99 ms",
+        "recall@10",
+    ]
     table = markdown_table(headers, rows)
     print("\n" + table)
     if not args.no_write:

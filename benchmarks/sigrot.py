@@ -129,22 +129,34 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 640, 2048])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
-                        help="CPU thread counts, one table each (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[torch.get_num_threads()],
+        help="CPU thread counts, one table each (default: torch's)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     tables = []
     for threads in args.threads if args.device == "cpu" else [torch.get_num_threads()]:
         torch.set_num_threads(threads)
-        device = torch.cuda.get_device_name() if args.device == "cuda" else \
-            f"CPU ({platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
+        device = (
+            torch.cuda.get_device_name()
+            if args.device == "cuda"
+            else f"CPU ({platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
+        )
         lines = [
-            (f"SIGROT plan + loss + backward on {device}, float32, reg 0.05, reg_m 0.5, tol 1e-6, at most 200 "
-            f"iterations; torch {torch.__version__}, POT {ot.__version__}; best of {args.repeats} runs."),
+            (
+                f"SIGROT plan + loss + backward on {device}, float32, reg 0.05, reg_m 0.5, tol 1e-6, at most 200 "
+                f"iterations; torch {torch.__version__}, POT {ot.__version__}; best of {args.repeats} runs."
+            ),
             "",
-            ("| N captions | ours: time / peak memory | POT torch backend: time / peak memory | speed-up "
-            "| max abs plan difference |"),
+            (
+                "| N captions | ours: time / peak memory | POT torch backend: time / peak memory | speed-up "
+                "| max abs plan difference |"
+            ),
             "|---|---|---|---|---|",
         ]
         print("\n".join(lines), flush=True)

@@ -28,7 +28,10 @@ def costs(captions, dim=64, seed=0):
     shared = F.normalize(torch.randn(dim, generator=generator), dim=0)
     trained_images = F.normalize(images + 0.35 * shared, dim=-1)
     trained_texts = F.normalize(trained_images[index] + 0.5 * random_texts, dim=-1)
-    return {"untrained": 1 - images[index] @ random_texts.T, "trained-like": 1 - trained_images[index] @ trained_texts.T}
+    return {
+        "untrained": 1 - images[index] @ random_texts.T,
+        "trained-like": 1 - trained_images[index] @ trained_texts.T,
+    }
 
 
 def iterations_to_converge(cost, reg, reg_m, limit=5000):
@@ -49,15 +52,23 @@ def main(argv=None):
     parser.add_argument("--output", default=Path(__file__).parent / "results" / "ablation-sinkhorn.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    lines = [(f"Iterations to convergence, N = {args.captions} caption rows (> 5000: not within 5000; the default "
-              "`ot_max_iter` is 200)."), "",
-             "| batch | eps \\ tau | " + " | ".join(f"{reg_m:g}" for reg_m in REG_MS) + " |",
-             "|---|---|" + "---:|" * len(REG_MS)]
+    lines = [
+        (
+            f"Iterations to convergence, N = {args.captions} caption rows (> 5000: not within 5000; the default "
+            "`ot_max_iter` is 200)."
+        ),
+        "",
+        "| batch | eps \\ tau | " + " | ".join(f"{reg_m:g}" for reg_m in REG_MS) + " |",
+        "|---|---|" + "---:|" * len(REG_MS),
+    ]
     for name, cost in costs(args.captions).items():
         for reg in REGS:
             cells = [iterations_to_converge(cost, reg, reg_m) for reg_m in REG_MS]
-            lines.append(f"| {name} | {reg:g} | " + " | ".join("> 5000" if c is None else
-                                                               (f"**{c}**" if c > 200 else str(c)) for c in cells) + " |")
+            lines.append(
+                f"| {name} | {reg:g} | "
+                + " | ".join("> 5000" if c is None else (f"**{c}**" if c > 200 else str(c)) for c in cells)
+                + " |"
+            )
     table = "\n".join(lines) + "\n"
     Path(args.output).write_text(table)
     print(table)

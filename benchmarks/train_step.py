@@ -76,8 +76,9 @@ TEACHER_DIM = 2048
 def build(args):
     torch.manual_seed(0)
     if args.quick:  # same widths, 2 blocks per tower
-        config = ViCLIPOTConfig(vision_model_kwargs={"depth": 2},
-                                text_config={**VIETNAMESE_SBERT_CONFIG, "num_hidden_layers": 2})
+        config = ViCLIPOTConfig(
+            vision_model_kwargs={"depth": 2}, text_config={**VIETNAMESE_SBERT_CONFIG, "num_hidden_layers": 2}
+        )
     else:
         config = ViCLIPOTConfig()
     model = ViCLIPOTModel(config).to(args.device).train()
@@ -85,7 +86,9 @@ def build(args):
     heads = [p for n, p in model.named_parameters() if n.startswith(head_names)]
     backbones = [p for n, p in model.named_parameters() if not n.startswith(head_names)]
     optimizer = torch.optim.AdamW(
-        [{"params": backbones, "lr": 5e-5}, {"params": heads, "lr": 2e-4}], eps=1e-10, weight_decay=1e-4,
+        [{"params": backbones, "lr": 5e-5}, {"params": heads, "lr": 2e-4}],
+        eps=1e-10,
+        weight_decay=1e-4,
         fused=True,  # the Trainer's default optimizer ("adamw_torch_fused" for torch >= 2.8)
     )
     return model, optimizer
@@ -110,9 +113,14 @@ def make_batch(images, captions_per_image, device, seed=0):
 
 def project_loss(loss_fn, image_embeds, text_embeds, batch, logit_scale):
     """The project's loss on B unique images (what `ViCLIPOTTrainer._batch_loss` calls); `logit_scale` = log s."""
-    return loss_fn(image_embeds, text_embeds, batch["caption_image_index"], logit_scale.float().exp(),
-                   teacher_image_embeds=batch["teacher_image_embeds"],
-                   teacher_text_embeds=batch["teacher_text_embeds"]).loss
+    return loss_fn(
+        image_embeds,
+        text_embeds,
+        batch["caption_image_index"],
+        logit_scale.float().exp(),
+        teacher_image_embeds=batch["teacher_image_embeds"],
+        teacher_text_embeds=batch["teacher_text_embeds"],
+    ).loss
 
 
 def per_row_loss(loss_fn, row_image_embeds, text_embeds, batch, logit_scale):
@@ -130,8 +138,7 @@ def per_row_loss(loss_fn, row_image_embeds, text_embeds, batch, logit_scale):
     positives = same_image_mask(index).float()
     targets = positives / positives.sum(dim=1, keepdim=True)
     contrastive = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-    graph = similarity_graph(batch["teacher_image_embeds"], batch["teacher_text_embeds"], index,
-                             loss_fn.graph_strategy)
+    graph = similarity_graph(batch["teacher_image_embeds"], batch["teacher_text_embeds"], index, loss_fn.graph_strategy)
     sigrot = sigrot_loss(row_image_embeds, text_embeds, rows, graph, scale, **loss_fn.ot_options)
     return sigrot + loss_fn.contrastive_weight * contrastive
 
@@ -177,8 +184,9 @@ class Step:
 
     def forward(self, pixel_values, batch):
         with self.autocast():
-            return self.model(pixel_values=pixel_values, input_ids=batch["input_ids"],
-                              attention_mask=batch["attention_mask"])
+            return self.model(
+                pixel_values=pixel_values, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            )
 
     def plain(self, batch):
         """This project: each image once, the whole batch at once."""
@@ -221,8 +229,11 @@ class Step:
             image_embeds = torch.cat([images for images, _ in cached])
             text_embeds = torch.cat([texts for _, texts in cached])[caption_order.argsort()]
             if capture is not None:
-                capture.update(image_embeds=image_embeds.detach().clone(), text_embeds=text_embeds.detach().clone(),
-                               logit_scale=leaves[0].detach().clone())
+                capture.update(
+                    image_embeds=image_embeds.detach().clone(),
+                    text_embeds=text_embeds.detach().clone(),
+                    logit_scale=leaves[0].detach().clone(),
+                )
             return project_loss(self.loss_fn, image_embeds, text_embeds, batch, leaves[0]), None
 
         chunks, caption_order = gradcache_chunks(batch, chunk_size)
@@ -253,14 +264,23 @@ def measured(step, step_function, args):
     seconds = time.perf_counter() - start
     user, system, faults = (after - before_ for after, before_ in zip(cpu_usage(), usage))
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else gib(memory_kib("VmHWM"))
-    return {"seconds": seconds, "peak_gib": peak, "extra_gib": peak - before, "user_s": user, "system_s": system,
-            "minor_faults": faults, "phases": dict(step.phases)}
+    return {
+        "seconds": seconds,
+        "peak_gib": peak,
+        "extra_gib": peak - before,
+        "user_s": user,
+        "system_s": system,
+        "minor_faults": faults,
+        "phases": dict(step.phases),
+    }
 
 
 def describe(run):
-    return (f"{run['seconds']:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in run['phases'].items())}), "
-            f"peak {run['peak_gib']:.2f} GiB, extra {run['extra_gib']:.2f} GiB, CPU user {run['user_s']:.1f} s, "
-            f"system {run['system_s']:.1f} s, {run['minor_faults'] / 1e6:.2f} M minor faults")
+    return (
+        f"{run['seconds']:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in run['phases'].items())}), "
+        f"peak {run['peak_gib']:.2f} GiB, extra {run['extra_gib']:.2f} GiB, CPU user {run['user_s']:.1f} s, "
+        f"system {run['system_s']:.1f} s, {run['minor_faults'] / 1e6:.2f} M minor faults"
+    )
 
 
 def warm_up(step, args):
@@ -285,13 +305,17 @@ def worker_small(args):
 
     runs = {"design": [], "per_caption": []}
     for index in range(max(args.repeats, args.baseline_repeats)):  # interleaved, so that load changes hit both
-        for name, function, count in (("design", step.plain, args.repeats),
-                                      ("per_caption", step.per_caption, args.baseline_repeats)):
+        for name, function, count in (
+            ("design", step.plain, args.repeats),
+            ("per_caption", step.per_caption, args.baseline_repeats),
+        ):
             if index >= count:
                 continue
             runs[name].append(measured(step, functools.partial(function, batch), args))
-            print(f"[small] {name} run {index + 1}/{count}: {describe(runs[name][-1])}, "
-                  f"load average {load_average()}", flush=True)
+            print(
+                f"[small] {name} run {index + 1}/{count}: {describe(runs[name][-1])}, load average {load_average()}",
+                flush=True,
+            )
     result["runs"] = runs
 
     # Where this project's step goes: each tower alone, forward + backward (sum of its embeddings).
@@ -312,8 +336,11 @@ def worker_small(args):
             cpu_seconds = sum(cpu_usage()[:2]) - sum(usage[:2])
             result["towers"][kind].append(seconds)
             result["towers_cpu"][kind].append(cpu_seconds)
-            print(f"[small] {kind} tower alone, forward + backward, run {index + 1}/{args.repeats}: {seconds:.1f} s "
-                  f"(CPU {cpu_seconds:.1f} s)", flush=True)
+            print(
+                f"[small] {kind} tower alone, forward + backward, run {index + 1}/{args.repeats}: {seconds:.1f} s "
+                f"(CPU {cpu_seconds:.1f} s)",
+                flush=True,
+            )
     return result
 
 
@@ -325,10 +352,15 @@ def worker_large(args):
     warm_up(step, args)
     captured = {}
     chunks = len(gradcache_chunks(batch, args.chunk_size)[0])
-    print(f"[large] {args.large_images}-image step, {chunks} chunks of {args.chunk_size}, "
-          f"load average {load_average()}", flush=True)
-    result = {"captions": int(batch["input_ids"].shape[0]), "chunks": chunks,
-              "step": measured(step, functools.partial(step.cached, batch, args.chunk_size, captured), args)}
+    print(
+        f"[large] {args.large_images}-image step, {chunks} chunks of {args.chunk_size}, load average {load_average()}",
+        flush=True,
+    )
+    result = {
+        "captions": int(batch["input_ids"].shape[0]),
+        "chunks": chunks,
+        "step": measured(step, functools.partial(step.cached, batch, args.chunk_size, captured), args),
+    }
     print(f"[large]   {describe(result['step'])}", flush=True)
     del model, optimizer, step
     gc.collect()
@@ -343,8 +375,9 @@ def worker_large(args):
 
     def sigrot_only():
         index, scale = batch["caption_image_index"], embeds["logit_scale"].float().exp()
-        graph = similarity_graph(batch["teacher_image_embeds"], batch["teacher_text_embeds"], index,
-                                 loss_fn.graph_strategy)
+        graph = similarity_graph(
+            batch["teacher_image_embeds"], batch["teacher_text_embeds"], index, loss_fn.graph_strategy
+        )
         value = sigrot_loss(embeds["image_embeds"], embeds["text_embeds"], index, graph, scale, **loss_fn.ot_options)
         torch.autograd.backward(value, inputs=list(embeds.values()))
 
@@ -378,21 +411,48 @@ def report(args, raw):
         return median([sum(r["phases"][n] for n in names) for r in runs])
 
     def usage(runs):
-        return (f"{median([r['user_s'] for r in runs]):.0f} / {median([r['system_s'] for r in runs]):.1f}",
-                f"{median([r['minor_faults'] for r in runs]) / 1e6:.2f}")
+        return (
+            f"{median([r['user_s'] for r in runs]):.0f} / {median([r['system_s'] for r in runs]):.1f}",
+            f"{median([r['minor_faults'] for r in runs]) / 1e6:.2f}",
+        )
 
     captions = small["captions"]
     table_a = markdown_table(
-        ["layout", "images through the image tower", "captions", "median step (s)", "range (s)",
-         "forward + loss + backward (s)", "optimizer (s)", "CPU time user / system (s)", "minor page faults (M)",
-         "peak RSS (GiB)"],
         [
-            ["this project: each image once", args.images, captions, f"{design_s:.1f}",
-             spread([r["seconds"] for r in design]), f"{phase(design, 'forward', 'loss', 'backward'):.1f}",
-             f"{phase(design, 'optimizer'):.1f}", *usage(design), f"{small['memory_step']['peak_gib']:.2f}"],
-            ["authors' layout: each image once per caption", captions, captions, f"{baseline_s:.1f}",
-             spread([r["seconds"] for r in baseline]), f"{phase(baseline, 'forward', 'loss', 'backward'):.1f}",
-             f"{phase(baseline, 'optimizer'):.1f}", *usage(baseline), f"{max(r['peak_gib'] for r in baseline):.2f}"],
+            "layout",
+            "images through the image tower",
+            "captions",
+            "median step (s)",
+            "range (s)",
+            "forward + loss + backward (s)",
+            "optimizer (s)",
+            "CPU time user / system (s)",
+            "minor page faults (M)",
+            "peak RSS (GiB)",
+        ],
+        [
+            [
+                "this project: each image once",
+                args.images,
+                captions,
+                f"{design_s:.1f}",
+                spread([r["seconds"] for r in design]),
+                f"{phase(design, 'forward', 'loss', 'backward'):.1f}",
+                f"{phase(design, 'optimizer'):.1f}",
+                *usage(design),
+                f"{small['memory_step']['peak_gib']:.2f}",
+            ],
+            [
+                "authors' layout: each image once per caption",
+                captions,
+                captions,
+                f"{baseline_s:.1f}",
+                spread([r["seconds"] for r in baseline]),
+                f"{phase(baseline, 'forward', 'loss', 'backward'):.1f}",
+                f"{phase(baseline, 'optimizer'):.1f}",
+                *usage(baseline),
+                f"{max(r['peak_gib'] for r in baseline):.2f}",
+            ],
         ],
     )
     # Each tower alone: CPU time (user + system) where recorded, as the other processes disturb it less.
@@ -412,22 +472,47 @@ def report(args, raw):
         "at every step)."
     )
     speedup = baseline_s / design_s
-    cpu_speedup = (median([r["user_s"] + r["system_s"] for r in baseline])
-                   / median([r["user_s"] + r["system_s"] for r in design]))
+    cpu_speedup = median([r["user_s"] + r["system_s"] for r in baseline]) / median(
+        [r["user_s"] + r["system_s"] for r in design]
+    )
     user_speedup = median([r["user_s"] for r in baseline]) / median([r["user_s"] for r in design])
     encode_speedup = phase(baseline, "forward", "loss", "backward") / phase(design, "forward", "loss", "backward")
 
     plain, cached = small["memory_step"], large["step"]
     table_b = markdown_table(
-        ["step", "images", "captions", "step time (s)", "peak RSS of the process (GiB)",
-         "peak extra over the RSS before the step (GiB)"],
         [
-            ["plain, no caching", args.images, captions, f"{plain['seconds']:.1f}", f"{plain['peak_gib']:.2f}",
-             f"{plain['extra_gib']:.2f}"],
-            [f"gradient cache, {large['chunks']} chunks of {args.chunk_size} images", args.large_images,
-             large["captions"], f"{cached['seconds']:.1f}", f"{cached['peak_gib']:.2f}", f"{cached['extra_gib']:.2f}"],
-            ["ratio (cached / plain)", "", "", "", f"{cached['peak_gib'] / plain['peak_gib']:.2f}x",
-             f"{cached['extra_gib'] / plain['extra_gib']:.2f}x"],
+            "step",
+            "images",
+            "captions",
+            "step time (s)",
+            "peak RSS of the process (GiB)",
+            "peak extra over the RSS before the step (GiB)",
+        ],
+        [
+            [
+                "plain, no caching",
+                args.images,
+                captions,
+                f"{plain['seconds']:.1f}",
+                f"{plain['peak_gib']:.2f}",
+                f"{plain['extra_gib']:.2f}",
+            ],
+            [
+                f"gradient cache, {large['chunks']} chunks of {args.chunk_size} images",
+                args.large_images,
+                large["captions"],
+                f"{cached['seconds']:.1f}",
+                f"{cached['peak_gib']:.2f}",
+                f"{cached['extra_gib']:.2f}",
+            ],
+            [
+                "ratio (cached / plain)",
+                "",
+                "",
+                "",
+                f"{cached['peak_gib'] / plain['peak_gib']:.2f}x",
+                f"{cached['extra_gib'] / plain['extra_gib']:.2f}x",
+            ],
         ],
     )
 
@@ -436,8 +521,11 @@ def report(args, raw):
     rows_c = [
         [f"whole {args.large_images}-image step (from b)", f"{step_s:.2f}", "100 %"],
         *[[f"  {name}", f"{value:.2f}", f"{100 * value / step_s:.1f} %"] for name, value in cached["phases"].items()],
-        ["loss forward+backward inside the step (timestamps, once)", f"{cached['phases']['loss forward+backward']:.3f}",
-         f"{100 * cached['phases']['loss forward+backward'] / step_s:.3f} %"],
+        [
+            "loss forward+backward inside the step (timestamps, once)",
+            f"{cached['phases']['loss forward+backward']:.3f}",
+            f"{100 * cached['phases']['loss forward+backward'] / step_s:.3f} %",
+        ],
     ]
     labels = {
         "loss": "CLIP + SIGROT loss, forward + backward (median)",
@@ -456,82 +544,117 @@ def report(args, raw):
         return "met" if ok else "NOT met"
 
     device = f"{args.device} {args.dtype}" + (" autocast" if args.dtype != "fp32" else "")
-    return "\n".join([
-        "# Training-step benchmarks",
-        "",
-        f"Device: {device}. Each part ran in its own process (load average over 1/5/15 min):",
-        "",
-        *[f"- {label}: {part_line(raw[part]['meta'])}" for part, label in (
-            ("small", "(a) and the plain step of (b)"), ("large", "the cached step of (b), and (c)"))],
-        "",
-        ("Smoke run (--quick): 2-block towers of the paper's widths, " if args.quick else
-         "Paper-size model (DINOv3 ViT-B/16 + PhoBERT-base, random weights), ")
-        + "fused AdamW (2 groups, the Trainer's "
-        "default), `ContrastiveOTLoss('clip_sigrot')` with the paper's options (lambda 0.1, eps 0.05, tau 0.5, "
-        "<= 200 Sinkhorn iterations, tol 1e-6), random L2-normalised 2048-d teacher embeddings, "
-        f"{args.captions_per_image} captions per image of 15-30 random PhoBERT tokens (padded to the longest). "
-        "A step = forward of both towers, loss, backward, AdamW step, zero_grad, scale clamp. Generated by "
-        "`benchmarks/train_step.py`."
-        + ("" if args.device == "cuda" else " Only CPU figures: no GPU on this machine; `--device cuda --dtype bf16` "
-           "measures bf16 autocast on one."),
-        "",
-        (f"## (a) Each image encoded once vs once per caption ({args.images} images x {args.captions_per_image} "
-        "captions)"),
-        "",
-        table_a,
-        "",
-        (f"Speed-up of the whole step: **{speedup:.2f}x** (goal >= 3x: {verdict(speedup >= 3)}); "
-        f"forward + loss + backward alone: {encode_speedup:.2f}x. Less disturbed by the other processes on this "
-        f"machine, the ratio of the process's CPU time (user + system): {cpu_speedup:.2f}x; user time alone: "
-        f"{user_speedup:.2f}x. Medians of {len(design)} (this project) and "
-        f"{len(baseline)} (authors' layout) steps, run interleaved after a 2-image warm-up step and the memory step "
-        "of (b). The authors' layout repeats the pixel rows per caption (the image tower encodes "
-        f"{captions} images); its loss uses those {captions} row embeddings directly (CLIP logits and SIGROT "
-        "cost over rows) with positives and teacher graph from the true image ids: the same loss, same cost, "
-        "as ours, which is equal to it when the rows are the expanded image embeddings (checked at start-up). "
-        f"Peak RSS (whole process): this project's is the first {args.images}-image step of the fresh process, "
-        "as in (b); the "
-        "authors' layout's, the highest over its runs (they followed this project's steps in the same process, whose "
-        "freed memory they reuse)."),
-        "",
-        towers_line,
-        "",
-        (f"## (b) Peak memory: {args.large_images}-image step with gradient caching vs a plain "
-        f"{args.images}-image step"),
-        "",
-        table_b,
-        "",
-        f"Peak process memory ratio **{memory_ratio:.2f}x**, extra-over-baseline ratio **{extra_ratio:.2f}x** "
-        f"(goal <= 1.5x: {verdict(memory_ratio <= 1.5 and extra_ratio <= 1.5)}). Each step ran once in a fresh "
-        "process after a 2-image warm-up step that allocated the AdamW state; the gradients were freed "
-        "(`zero_grad(set_to_none=True)`) so both steps allocate them. "
-        + ("Memory: the process's resident set size (Linux VmHWM, reset through /proc/self/clear_refs just before "
-           "the step; 'extra' = that peak minus the resident size just before the step: activations, gradients, "
-           "optimizer temporaries and freed-but-kept allocator memory)." if args.device != "cuda" else
-           "Memory: `torch.cuda.max_memory_allocated`, reset just before the step.")
-        + " The cached step is `viclip_ot.gradcache.cached_backward` over `viclip_ot.data.gradcache_chunks`, "
-        "with the same encode/loss functions as `ViCLIPOTTrainer.training_step`; one run only (it is long on a CPU).",
-        "",
-        f"## (c) The loss's share of the {args.large_images}-image step ({large['captions']} captions)",
-        "",
-        table_c,
-        "",
-        f"CLIP + SIGROT forward + backward: **{loss_share:.3f} %** of the step "
-        f"({worst_share:.3f} % with all 200 Sinkhorn iterations) (goal < 5 %: {verdict(worst_share < 5)}, judged "
-        "on the worst case). "
-        f"The loss was timed on the {large['captions']} + {args.large_images} embeddings the step fed its loss "
-        f"(random-weight towers), backward to the embeddings and the logit scale; 1 warm-up + "
-        f"{len(loss_times['loss'])} runs, median. The step's phases come from timestamps inside that one step."
-        + ("" if args.device == "cuda" else " On a CPU the towers dominate; on a GPU they run far faster while the "
-           "Sinkhorn loop stays a chain of small kernels, so this share must be measured there too."),
-    ])
+    return "\n".join(
+        [
+            "# Training-step benchmarks",
+            "",
+            f"Device: {device}. Each part ran in its own process (load average over 1/5/15 min):",
+            "",
+            *[
+                f"- {label}: {part_line(raw[part]['meta'])}"
+                for part, label in (
+                    ("small", "(a) and the plain step of (b)"),
+                    ("large", "the cached step of (b), and (c)"),
+                )
+            ],
+            "",
+            (
+                "Smoke run (--quick): 2-block towers of the paper's widths, "
+                if args.quick
+                else "Paper-size model (DINOv3 ViT-B/16 + PhoBERT-base, random weights), "
+            )
+            + "fused AdamW (2 groups, the Trainer's "
+            "default), `ContrastiveOTLoss('clip_sigrot')` with the paper's options (lambda 0.1, eps 0.05, tau 0.5, "
+            "<= 200 Sinkhorn iterations, tol 1e-6), random L2-normalised 2048-d teacher embeddings, "
+            f"{args.captions_per_image} captions per image of 15-30 random PhoBERT tokens (padded to the longest). "
+            "A step = forward of both towers, loss, backward, AdamW step, zero_grad, scale clamp. Generated by "
+            "`benchmarks/train_step.py`."
+            + (
+                ""
+                if args.device == "cuda"
+                else " Only CPU figures: no GPU on this machine; `--device cuda --dtype bf16` "
+                "measures bf16 autocast on one."
+            ),
+            "",
+            (
+                f"## (a) Each image encoded once vs once per caption ({args.images} images x {args.captions_per_image} "
+                "captions)"
+            ),
+            "",
+            table_a,
+            "",
+            (
+                f"Speed-up of the whole step: **{speedup:.2f}x** (goal >= 3x: {verdict(speedup >= 3)}); "
+                f"forward + loss + backward alone: {encode_speedup:.2f}x. Less disturbed by the other processes on "
+                f"this "
+                f"machine, the ratio of the process's CPU time (user + system): {cpu_speedup:.2f}x; user time alone: "
+                f"{user_speedup:.2f}x. Medians of {len(design)} (this project) and "
+                f"{len(baseline)} (authors' layout) steps, run interleaved after a 2-image warm-up step and the "
+                f"memory step "
+                "of (b). The authors' layout repeats the pixel rows per caption (the image tower encodes "
+                f"{captions} images); its loss uses those {captions} row embeddings directly (CLIP logits and SIGROT "
+                "cost over rows) with positives and teacher graph from the true image ids: the same loss, same cost, "
+                "as ours, which is equal to it when the rows are the expanded image embeddings (checked at start-up). "
+                f"Peak RSS (whole process): this project's is the first {args.images}-image step of the fresh process, "
+                "as in (b); the "
+                "authors' layout's, the highest over its runs (they followed this project's steps in the same "
+                "process, whose "
+                "freed memory they reuse)."
+            ),
+            "",
+            towers_line,
+            "",
+            (
+                f"## (b) Peak memory: {args.large_images}-image step with gradient caching vs a plain "
+                f"{args.images}-image step"
+            ),
+            "",
+            table_b,
+            "",
+            f"Peak process memory ratio **{memory_ratio:.2f}x**, extra-over-baseline ratio **{extra_ratio:.2f}x** "
+            f"(goal <= 1.5x: {verdict(memory_ratio <= 1.5 and extra_ratio <= 1.5)}). Each step ran once in a fresh "
+            "process after a 2-image warm-up step that allocated the AdamW state; the gradients were freed "
+            "(`zero_grad(set_to_none=True)`) so both steps allocate them. "
+            + (
+                "Memory: the process's resident set size (Linux VmHWM, reset through /proc/self/clear_refs just before "
+                "the step; 'extra' = that peak minus the resident size just before the step: activations, gradients, "
+                "optimizer temporaries and freed-but-kept allocator memory)."
+                if args.device != "cuda"
+                else "Memory: `torch.cuda.max_memory_allocated`, reset just before the step."
+            )
+            + " The cached step is `viclip_ot.gradcache.cached_backward` over `viclip_ot.data.gradcache_chunks`, "
+            "with the same encode/loss functions as `ViCLIPOTTrainer.training_step`; one run only (it is long on a "
+            "CPU).",
+            "",
+            f"## (c) The loss's share of the {args.large_images}-image step ({large['captions']} captions)",
+            "",
+            table_c,
+            "",
+            f"CLIP + SIGROT forward + backward: **{loss_share:.3f} %** of the step "
+            f"({worst_share:.3f} % with all 200 Sinkhorn iterations) (goal < 5 %: {verdict(worst_share < 5)}, judged "
+            "on the worst case). "
+            f"The loss was timed on the {large['captions']} + {args.large_images} embeddings the step fed its loss "
+            f"(random-weight towers), backward to the embeddings and the logit scale; 1 warm-up + "
+            f"{len(loss_times['loss'])} runs, median. The step's phases come from timestamps inside that one step."
+            + (
+                ""
+                if args.device == "cuda"
+                else " On a CPU the towers dominate; on a GPU they run far faster while the "
+                "Sinkhorn loop stays a chain of small kernels, so this share must be measured there too."
+            ),
+        ]
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="fp32, or autocast of the towers to bf16/fp16 (the loss stays fp32)")
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="fp32, or autocast of the towers to bf16/fp16 (the loss stays fp32)",
+    )
     parser.add_argument("--images", type=int, default=16, help="images of the plain step and of (a)")
     parser.add_argument("--captions-per-image", type=int, default=5)
     parser.add_argument("--large-images", type=int, default=128, help="images of the gradient-cached step")
@@ -539,13 +662,21 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="timed steps of this project's layout in (a)")
     parser.add_argument("--baseline-repeats", type=int, default=3, help="timed steps of the authors' layout in (a)")
     parser.add_argument("--loss-repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2-block towers, 4/8 images, chunks of 2, "
-                        "one repeat, no file")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 2-block towers, 4/8 images, chunks of 2, one repeat, no file"
+    )
     parser.add_argument("--output", type=Path, help=f"Markdown file (default {RESULTS}; none with --quick)")
-    parser.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the raw results "
-                        "(the .json beside it) without measuring")
-    parser.add_argument("--only", choices=["small", "large"], help="measure one part again (small: (a) and the "
-                        "plain step; large: the cached step and (c)) and keep the other from the earlier raw results")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the Markdown from the raw results (the .json beside it) without measuring",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["small", "large"],
+        help="measure one part again (small: (a) and the "
+        "plain step; large: the cached step and (c)) and keep the other from the earlier raw results",
+    )
     parser.add_argument("--worker", choices=["small", "large"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     output = args.output or (None if args.quick else RESULTS)
@@ -568,9 +699,20 @@ def main():
     if not args.report_only:
         check_per_row_loss(ContrastiveOTLoss("clip_sigrot"))
         raw["settings"] = {name: getattr(args, name) for name in shared}
-        forwarded = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in (
-            "device", "dtype", "images", "captions_per_image", "large_images", "chunk_size", "repeats",
-            "baseline_repeats", "loss_repeats")] + (["--quick"] if args.quick else [])
+        forwarded = [
+            f"--{name.replace('_', '-')}={getattr(args, name)}"
+            for name in (
+                "device",
+                "dtype",
+                "images",
+                "captions_per_image",
+                "large_images",
+                "chunk_size",
+                "repeats",
+                "baseline_repeats",
+                "loss_repeats",
+            )
+        ] + (["--quick"] if args.quick else [])
         for part in [args.only] if args.only else ["small", "large"]:
             meta = {"environment": environment(args.device), "load_before": load_average()}
             start = time.perf_counter()

@@ -116,11 +116,16 @@ def entries_from_coco_like(data, where: str, image_root: Path, file_key: str, ca
         raise CorpusError(f"{where}: expected lists under keys 'images' and 'annotations', found {found}")
     images, annotations = data["images"], data["annotations"]
     check_fields(images, {"id": (int, str), file_key: str}, f"{where} 'images'")
-    check_fields(annotations, {"image_id": (int, str), **{k: str for k in caption_keys.values()}}, f"{where} 'annotations'")
+    check_fields(
+        annotations, {"image_id": (int, str), **{k: str for k in caption_keys.values()}}, f"{where} 'annotations'"
+    )
     texts = {str(image["id"]): {column: [] for column in caption_keys} for image in images}
     unknown = [a["image_id"] for a in annotations if str(a["image_id"]) not in texts]
     if unknown:
-        raise CorpusError(f"{where}: {len(unknown)} annotations refer to image ids missing from 'images': {first_few(dict.fromkeys(unknown))}")
+        raise CorpusError(
+            f"{where}: {len(unknown)} annotations refer to image ids missing from 'images': "
+            f"{first_few(dict.fromkeys(unknown))}"
+        )
     for annotation in annotations:
         for column, key in caption_keys.items():
             texts[str(annotation["image_id"])][column].append(annotation[key])
@@ -154,7 +159,7 @@ def warn_size_mismatch(corpus: str, split: str, known: tuple, entries: list[Entr
     if images != known_images or (known_captions is not None and captions != known_captions):
         published = f"{known_images} images" + (f" / {known_captions} captions" if known_captions else "")
         message = f"{corpus} {split}: found {images} images / {captions} captions, the published split has {published}"
-        warnings.warn(message, CorpusWarning)
+        warnings.warn(message, CorpusWarning, stacklevel=2)
 
 
 def _decode(raw: bytes, allow_truncated: bool) -> Image.Image:
@@ -258,7 +263,9 @@ class CorpusBuilder(datasets.GeneratorBasedBuilder):
         data_dir = Path(self.config.data_dir)
         present = {split: data_dir / name for split, name in self.SPLIT_FILES.items() if (data_dir / name).is_file()}
         if not present:
-            raise CorpusError(f"{data_dir} holds none of the {self.CORPUS} annotation files {list(self.SPLIT_FILES.values())}")
+            raise CorpusError(
+                f"{data_dir} holds none of the {self.CORPUS} annotation files {list(self.SPLIT_FILES.values())}"
+            )
         generators = []
         for split, annotation_path in present.items():
             entries = self.read_split(split, annotation_path)
@@ -279,13 +286,24 @@ class CorpusBuilder(datasets.GeneratorBasedBuilder):
                 continue
             if was_truncated:
                 truncated.append(entry.path.name)
-            yield index, {
-                "image": {"bytes": data, "path": None},
-                "image_id": entry.image_id,
-                "captions": entry.captions,
-                **entry.extra,
-            }
+            yield (
+                index,
+                {
+                    "image": {"bytes": data, "path": None},
+                    "image_id": entry.image_id,
+                    "captions": entry.captions,
+                    **entry.extra,
+                },
+            )
         if truncated:
-            warnings.warn(f"{where}: {len(truncated)} truncated images decoded as far as they go: {first_few(truncated)}", CorpusWarning)
+            warnings.warn(
+                f"{where}: {len(truncated)} truncated images decoded as far as they go: {first_few(truncated)}",
+                CorpusWarning,
+                stacklevel=2,
+            )
         if unreadable:
-            warnings.warn(f"{where}: {len(unreadable)} unreadable images skipped: {first_few(unreadable)}", CorpusWarning)
+            warnings.warn(
+                f"{where}: {len(unreadable)} unreadable images skipped: {first_few(unreadable)}",
+                CorpusWarning,
+                stacklevel=2,
+            )

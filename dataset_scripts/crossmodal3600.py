@@ -30,7 +30,9 @@ class Crossmodal3600Config(datasets.BuilderConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.language not in LANGUAGES:
-            raise CorpusError(f"unknown Crossmodal-3600 language {self.language!r}; choose one of {', '.join(LANGUAGES)}")
+            raise CorpusError(
+                f"unknown Crossmodal-3600 language {self.language!r}; choose one of {', '.join(LANGUAGES)}"
+            )
 
 
 class Crossmodal3600(CorpusBuilder):
@@ -55,6 +57,8 @@ class Crossmodal3600(CorpusBuilder):
         language = self.config.language
         check_fields(records, {"image/key": str, language: dict}, annotation_path.name)
         keys = [record["image/key"] for record in records]
-        check_fields([r[language] for r in records], {"caption": list[str]}, f"{annotation_path.name} {language!r}", keys)
+        check_fields(
+            [r[language] for r in records], {"caption": list[str]}, f"{annotation_path.name} {language!r}", keys
+        )
         image_dir = Path(self.config.data_dir) / "images"
         return [Entry(key, image_dir / f"{key}.jpg", r[language]["caption"]) for key, r in zip(keys, records)]

@@ -24,9 +24,9 @@ from pathlib import Path
 import datasets
 import numpy as np
 import timm
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms
 from tqdm.auto import tqdm
 
@@ -48,7 +48,9 @@ class Descriptor:
     std: tuple[float, ...] = IMAGENET_DEFAULT_STD
 
     def transform(self):
-        return transforms.Compose([transforms.Resize(list(self.image_size)), transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
+        return transforms.Compose(
+            [transforms.Resize(list(self.image_size)), transforms.ToTensor(), transforms.Normalize(self.mean, self.std)]
+        )
 
 
 def load_descriptor(model_path=None, timm_model=None, image_size=None, device="cpu", pretrained=True) -> Descriptor:
@@ -68,7 +70,9 @@ def load_descriptor(model_path=None, timm_model=None, image_size=None, device="c
         model = timm.create_model(timm_model, pretrained=pretrained, num_classes=0)
         config = timm.data.resolve_model_data_config(model)
         identity = f"timm:{timm_model}:pretrained={pretrained}"
-        descriptor = Descriptor(model, identity, size or tuple(config["input_size"][1:]), tuple(config["mean"]), tuple(config["std"]))
+        descriptor = Descriptor(
+            model, identity, size or tuple(config["input_size"][1:]), tuple(config["mean"]), tuple(config["std"])
+        )
     descriptor.model.eval().to(device)
     return descriptor
 
@@ -84,13 +88,26 @@ class _Images(torch.utils.data.Dataset):
         return self.transform(self.dataset[index]["image"])
 
 
-def embed(dataset: datasets.Dataset, descriptor: Descriptor, cache_dir, *, batch_size=64, num_workers=0, device="cpu", desc="embedding") -> np.ndarray:
+def embed(
+    dataset: datasets.Dataset,
+    descriptor: Descriptor,
+    cache_dir,
+    *,
+    batch_size=64,
+    num_workers=0,
+    device="cpu",
+    desc="embedding",
+) -> np.ndarray:
     """L2-normalised float32 embeddings of `dataset`'s images, cached under `cache_dir`."""
-    key = hashlib.sha256(f"{descriptor.identity}\0{descriptor.image_size}\0{dataset._fingerprint}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(
+        f"{descriptor.identity}\0{descriptor.image_size}\0{dataset._fingerprint}".encode()
+    ).hexdigest()[:24]
     cache_file = Path(cache_dir) / f"{key}.npy"
     if cache_file.is_file():
         return np.load(cache_file)
-    loader = torch.utils.data.DataLoader(_Images(dataset, descriptor.transform()), batch_size=batch_size, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(
+        _Images(dataset, descriptor.transform()), batch_size=batch_size, num_workers=num_workers
+    )
     chunks = []
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, unit="batch"):
@@ -101,7 +118,9 @@ def embed(dataset: datasets.Dataset, descriptor: Descriptor, cache_dir, *, batch
     return embeddings
 
 
-def best_matches(target: np.ndarray, reference: np.ndarray, chunk_size=4096, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+def best_matches(
+    target: np.ndarray, reference: np.ndarray, chunk_size=4096, device="cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """For each target row: the index of its most similar reference row and that cosine similarity.
 
     Works `chunk_size` target rows at a time (memory: chunk_size x len(reference) floats).
@@ -141,7 +160,11 @@ def make_report(target: dict, reference: dict, best_index, best_similarity, thre
             "kept_captions": sum(caption_counts) - removed_captions,
         },
         "removed": [
-            {"image_id": target_ids[i], "match_id": reference_ids[best_index[i]], "similarity": round(float(best_similarity[i]), 6)}
+            {
+                "image_id": target_ids[i],
+                "match_id": reference_ids[best_index[i]],
+                "similarity": round(float(best_similarity[i]), 6),
+            }
             for i in removed
         ],
     }
@@ -150,15 +173,33 @@ def make_report(target: dict, reference: dict, best_index, best_similarity, thre
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m dataset_scripts.dedupe", description=__doc__.split("\n\n")[0])
     for side, split in (("reference", "train"), ("target", None)):
-        parser.add_argument(f"--{side}-corpus", choices=list(CORPORA), required=side == "target", default="uit-openviic" if side == "reference" else None)
+        parser.add_argument(
+            f"--{side}-corpus",
+            choices=list(CORPORA),
+            required=side == "target",
+            default="uit-openviic" if side == "reference" else None,
+        )
         parser.add_argument(f"--{side}-dir", help="the corpus folder as downloaded")
         parser.add_argument(f"--{side}-split", default=split, required=split is None)
-        parser.add_argument(f"--{side}-option", type=parse_option, action="append", default=[], metavar="KEY=VALUE", help="a corpus option, e.g. language=vi")
+        parser.add_argument(
+            f"--{side}-option",
+            type=parse_option,
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a corpus option, e.g. language=vi",
+        )
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", help="TorchScript descriptor, e.g. sscd_disc_mixup.torchscript.pt")
     model.add_argument("--timm-model", help="a timm model name (pretrained weights) to use as the descriptor")
-    parser.add_argument("--image-size", type=int, help=f"square input side (default: {SSCD_IMAGE_SIZE} for TorchScript, the timm model's own)")
-    parser.add_argument("--threshold", type=float, default=0.8, help="cosine similarity at or above which an image is removed")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help=f"square input side (default: {SSCD_IMAGE_SIZE} for TorchScript, the timm model's own)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.8, help="cosine similarity at or above which an image is removed"
+    )
     parser.add_argument("--output", required=True, help="the JSON report to write")
     parser.add_argument("--cache-dir", help="cache for built corpora and embeddings (default: the datasets cache)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -172,20 +213,38 @@ def main(argv=None) -> dict:
     sides = {}
     for side in ("reference", "target"):
         corpus, split = getattr(args, f"{side}_corpus"), canonical_split(getattr(args, f"{side}_split"))
-        dataset = load_corpus(corpus, getattr(args, f"{side}_dir"), split, cache_dir=args.cache_dir, **dict(getattr(args, f"{side}_option")))
+        dataset = load_corpus(
+            corpus,
+            getattr(args, f"{side}_dir"),
+            split,
+            cache_dir=args.cache_dir,
+            **dict(getattr(args, f"{side}_option")),
+        )
         if len(dataset) == 0:
             raise CorpusError(f"{corpus} {split} has no images to compare")
         sides[side] = {"corpus": corpus, "split": split, "dataset": dataset}
         sides[side]["embeddings"] = embed(
-            dataset, descriptor, embedding_cache, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device, desc=f"embedding {corpus} {split}"
+            dataset,
+            descriptor,
+            embedding_cache,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=args.device,
+            desc=f"embedding {corpus} {split}",
         )
-    best_index, best_similarity = best_matches(sides["target"]["embeddings"], sides["reference"]["embeddings"], args.chunk_size, args.device)
-    report = make_report(sides["target"], sides["reference"], best_index, best_similarity, args.threshold, args.model or args.timm_model)
+    best_index, best_similarity = best_matches(
+        sides["target"]["embeddings"], sides["reference"]["embeddings"], args.chunk_size, args.device
+    )
+    report = make_report(
+        sides["target"], sides["reference"], best_index, best_similarity, args.threshold, args.model or args.timm_model
+    )
     write_report(report, args.output)
     counts = report["counts"]
     print(
-        f"{report['target']['corpus']} {report['target']['split']}: {counts['removed_images']} of {report['target']['images']} "
-        f"images ({counts['removed_captions']} captions) are near-duplicates of {report['reference']['corpus']} {report['reference']['split']}; "
+        f"{report['target']['corpus']} {report['target']['split']}: {counts['removed_images']} of "
+        f"{report['target']['images']} "
+        f"images ({counts['removed_captions']} captions) are near-duplicates of {report['reference']['corpus']} "
+        f"{report['reference']['split']}; "
         f"kept {counts['kept_images']} images / {counts['kept_captions']} captions. Report: {args.output}"
     )
     return report

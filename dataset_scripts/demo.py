@@ -22,7 +22,11 @@ from ._common import CorpusError, corpus_features, png_bytes
 SPLITS = ("train", "validation", "test")
 
 COUNTS = {1: ["một"], 2: ["hai"], 3: ["ba"]}
-SHAPES = {"circle": ["hình tròn", "vòng tròn"], "square": ["hình vuông", "ô vuông"], "triangle": ["hình tam giác", "tam giác"]}
+SHAPES = {
+    "circle": ["hình tròn", "vòng tròn"],
+    "square": ["hình vuông", "ô vuông"],
+    "triangle": ["hình tam giác", "tam giác"],
+}
 COLOURS = {
     "red": ((220, 40, 40), ["màu đỏ", "đỏ"]),
     "green": ((40, 170, 60), ["màu xanh lá", "xanh lá cây"]),
@@ -34,7 +38,8 @@ BACKGROUNDS = {
     "black": ((20, 20, 20), ["đen", "màu đen"]),
     "grey": ((128, 128, 128), ["xám", "màu xám"]),
 }
-# region of the shapes' centres as (x0, y0, x1, y1) fractions of the image (apart from corners, disjoint), and its phrases
+# region of the shapes' centres as (x0, y0, x1, y1) fractions of the image (apart from corners, disjoint), and its
+# phrases
 POSITIONS = {
     "left": ((0.08, 0.25, 0.30, 0.75), ["ở bên trái", "ở phía bên trái", "ở nửa trái của ảnh"]),
     "right": ((0.70, 0.25, 0.92, 0.75), ["ở bên phải", "ở phía bên phải", "ở nửa phải của ảnh"]),
@@ -149,4 +154,11 @@ class Demo(datasets.GeneratorBasedBuilder):
         rng = np.random.default_rng([self.config.seed, index])
         for row in range(size):
             image, captions, _ = make_scene(rng, self.config.image_size)
-            yield row, {"image": {"bytes": png_bytes(image), "path": None}, "image_id": f"{split}-{row:05d}", "captions": captions}
+            yield (
+                row,
+                {
+                    "image": {"bytes": png_bytes(image), "path": None},
+                    "image_id": f"{split}-{row:05d}",
+                    "captions": captions,
+                },
+            )

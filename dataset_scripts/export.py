@@ -17,7 +17,18 @@ import datasets
 from .loading import CORPORA, canonical_split, load_corpus, parse_option
 
 
-def export_corpus(name: str, data_dir, output_dir, split=None, *, push_to_hub=None, private=False, cache_dir=None, dedup_report=None, **options) -> dict:
+def export_corpus(
+    name: str,
+    data_dir,
+    output_dir,
+    split=None,
+    *,
+    push_to_hub=None,
+    private=False,
+    cache_dir=None,
+    dedup_report=None,
+    **options,
+) -> dict:
     """Write `output_dir/<split>.parquet` for the split (or every split); push to the Hub repo
     `push_to_hub` when given. Returns {split: parquet path}."""
     corpus = load_corpus(name, data_dir, split, cache_dir=cache_dir, dedup_report=dedup_report, **options)
@@ -39,7 +50,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--corpus", choices=list(CORPORA), required=True)
     parser.add_argument("--data-dir", help="the corpus folder as downloaded (none for demo)")
     parser.add_argument("--split", help="one split (default: all)")
-    parser.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE", help="a corpus option, e.g. language=vi")
+    parser.add_argument(
+        "--option",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a corpus option, e.g. language=vi",
+    )
     parser.add_argument("--dedup-report", help="a report from dataset_scripts.dedupe to apply first")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also push to this Hub dataset repo")

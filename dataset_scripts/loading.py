@@ -15,7 +15,13 @@ from .ktvic import Ktvic
 from .report import apply_report, read_report
 from .uit_openviic import UitOpenviic
 
-CORPORA = {"uit-openviic": UitOpenviic, "ktvic": Ktvic, "crossmodal3600": Crossmodal3600, "json": JsonCorpus, "demo": Demo}
+CORPORA = {
+    "uit-openviic": UitOpenviic,
+    "ktvic": Ktvic,
+    "crossmodal3600": Crossmodal3600,
+    "json": JsonCorpus,
+    "demo": Demo,
+}
 SPLIT_ALIASES = {"dev": "validation", "val": "validation", "valid": "validation"}
 
 
@@ -44,7 +50,9 @@ def prepare_builder(name: str, data_dir=None, *, cache_dir=None, **options) -> d
         raise CorpusError(f"unknown corpus {name!r}; choose one of {', '.join(CORPORA)}")
     unknown = sorted(set(options) - set(corpus_options(name)))
     if unknown:
-        raise CorpusError(f"corpus {name!r} takes no option {', '.join(unknown)}; its options: {corpus_options(name) or 'none'}")
+        raise CorpusError(
+            f"corpus {name!r} takes no option {', '.join(unknown)}; its options: {corpus_options(name) or 'none'}"
+        )
     location = {} if data_dir is None else {"data_dir": str(data_dir)}
     builder = CORPORA[name](cache_dir=None if cache_dir is None else str(cache_dir), **location, **options)
     builder.download_and_prepare()

@@ -66,14 +66,18 @@ class TeacherEmbeddings:
         if self.image_embeds.ndim != 2 or self.text_embeds.ndim != 2:
             problems.append("image_embeds and text_embeds must be matrices")
         elif self.image_embeds.shape[1] != self.text_embeds.shape[1]:
-            problems.append(f"image dimension {self.image_embeds.shape[1]} != text dimension {self.text_embeds.shape[1]}")
+            problems.append(
+                f"image dimension {self.image_embeds.shape[1]} != text dimension {self.text_embeds.shape[1]}"
+            )
         if not len(self.image_ids) == len(self.caption_counts) == len(self.image_embeds):
             problems.append(
                 f"{len(self.image_ids)} image ids, {len(self.caption_counts)} caption counts, "
                 f"{len(self.image_embeds)} image rows"
             )
         if int(self.caption_counts.sum()) != len(self.text_embeds):
-            problems.append(f"caption counts add up to {int(self.caption_counts.sum())}, text rows {len(self.text_embeds)}")
+            problems.append(
+                f"caption counts add up to {int(self.caption_counts.sum())}, text rows {len(self.text_embeds)}"
+            )
         if len(set(self.image_ids)) != len(self.image_ids):
             problems.append("duplicate image ids")
         if problems:
@@ -87,11 +91,16 @@ class TeacherEmbeddings:
 
     def save(self, path, dtype=torch.float32):
         """Write the file atomically (a temporary file, then a rename), rows stored as `dtype`."""
-        metadata = {**{k: str(v) for k, v in self.metadata.items()}, "image_ids": json.dumps(self.image_ids),
-                    "dimension": str(self.dimension)}
-        tensors = {"image_embeds": self.image_embeds.to(dtype).contiguous(),
-                   "text_embeds": self.text_embeds.to(dtype).contiguous(),
-                   "caption_counts": self.caption_counts.contiguous()}
+        metadata = {
+            **{k: str(v) for k, v in self.metadata.items()},
+            "image_ids": json.dumps(self.image_ids),
+            "dimension": str(self.dimension),
+        }
+        tensors = {
+            "image_embeds": self.image_embeds.to(dtype).contiguous(),
+            "text_embeds": self.text_embeds.to(dtype).contiguous(),
+            "caption_counts": self.caption_counts.contiguous(),
+        }
         with atomic_write(path) as temporary:
             save_file(tensors, temporary, metadata=metadata)
 
@@ -104,10 +113,14 @@ class TeacherEmbeddings:
             metadata = dict(file.metadata() or {})
             missing = {"image_embeds", "text_embeds", "caption_counts"} - set(file.keys())
             if missing or "image_ids" not in metadata:
-                raise TeacherMismatchError(f"{path}: not a teacher embeddings file (missing {sorted(missing) or 'image_ids'})")
+                raise TeacherMismatchError(
+                    f"{path}: not a teacher embeddings file (missing {sorted(missing) or 'image_ids'})"
+                )
             tensors = {key: file.get_tensor(key) for key in ("image_embeds", "text_embeds", "caption_counts")}
         image_ids = json.loads(metadata.pop("image_ids"))
-        return cls(tensors["image_embeds"], tensors["text_embeds"], image_ids, tensors["caption_counts"], metadata, path)
+        return cls(
+            tensors["image_embeds"], tensors["text_embeds"], image_ids, tensors["caption_counts"], metadata, path
+        )
 
     def check_corpus(self, dataset):
         """One clear error unless every image of `dataset` has a teacher row with as many caption rows as captions
@@ -201,7 +214,7 @@ def compute_teacher_embeddings(dataset, teacher, batch_size=32, accelerator=None
         image_rows, text_rows = [], []
         show = accelerator is None or accelerator.is_local_main_process
         for start in tqdm(range(0, len(mine), batch_size), desc="teacher: images", disable=not show):
-            batch = mine[start:start + batch_size]
+            batch = mine[start : start + batch_size]
             texts = [text for i in batch for text in captions[i]]
             text_embeds = teacher.encode_texts(texts, batch_size=batch_size)
             text_rows.append(text_embeds)
@@ -217,10 +230,14 @@ def compute_teacher_embeddings(dataset, teacher, batch_size=32, accelerator=None
         order = [i for share, _, _ in gathered for i in share]
         image_embeds = torch.cat([images for _, images, _ in gathered])
         text_embeds = torch.cat([texts for _, _, texts in gathered])
-    metadata = {"teacher": teacher.name, "corpus": corpus, "split": split,
-                "corpus_fingerprint": corpus_fingerprint(image_ids, captions),
-                "caption_fingerprints": json.dumps(caption_fingerprints([captions[i] for i in order])),
-                "images_from_captions": str(teacher.images_from_captions)}
+    metadata = {
+        "teacher": teacher.name,
+        "corpus": corpus,
+        "split": split,
+        "corpus_fingerprint": corpus_fingerprint(image_ids, captions),
+        "caption_fingerprints": json.dumps(caption_fingerprints([captions[i] for i in order])),
+        "images_from_captions": str(teacher.images_from_captions),
+    }
     counts = torch.tensor([len(captions[i]) for i in order])
     return TeacherEmbeddings(image_embeds, text_embeds, [image_ids[i] for i in order], counts, metadata)
 
@@ -248,8 +265,10 @@ def main(argv=None):
     embeddings = compute_teacher_embeddings(dataset, teacher, args.batch_size, accelerator, args.corpus, args.split)
     if accelerator.is_main_process:
         embeddings.save(args.output, torch.float16 if args.float16 else torch.float32)
-        print(f"wrote {args.output}: {len(embeddings.image_ids)} images, {len(embeddings.text_embeds)} captions, "
-              f"dimension {embeddings.dimension}")
+        print(
+            f"wrote {args.output}: {len(embeddings.image_ids)} images, {len(embeddings.text_embeds)} captions, "
+            f"dimension {embeddings.dimension}"
+        )
 
 
 if __name__ == "__main__":

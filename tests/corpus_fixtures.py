@@ -31,7 +31,11 @@ def write(path, data) -> None:
 
 
 UIT = {
-    "train": {"00000000009.jpg": ["một con mèo", "con mèo nằm ngủ"], "00000000002.jpg": ["hai chiếc xe"], "00000000005.jpg": ["bầu trời xanh", "mây trắng", "trời đẹp"]},
+    "train": {
+        "00000000009.jpg": ["một con mèo", "con mèo nằm ngủ"],
+        "00000000002.jpg": ["hai chiếc xe"],
+        "00000000005.jpg": ["bầu trời xanh", "mây trắng", "trời đẹp"],
+    },
     "dev": {"00000000011.jpg": ["người đi bộ"]},
     "test": {"00000000020.jpg": ["cây cầu"], "00000000021.jpg": ["con chó", "chó chạy"]},
 }
@@ -41,7 +45,9 @@ def write_uit(root, truncate="00000000021.jpg") -> dict:
     """UIT-OpenViIC layout; returns {file name: bytes written}."""
     files = {}
     for split, entries in UIT.items():
-        write(root / f"uit-openviic-annotation-{split}.json", {name: {"captions": caps} for name, caps in entries.items()})
+        write(
+            root / f"uit-openviic-annotation-{split}.json", {name: {"captions": caps} for name, caps in entries.items()}
+        )
         for name in entries:
             data = encode(photo(int(name[:-4])), "JPEG", quality=90)
             files[name] = data[: len(data) * 2 // 3] if name == truncate else data
@@ -56,7 +62,12 @@ KTVIC_TEST = {
         {"id": 452, "filename": "00000000452.png"},
     ],
     "annotations": [
-        {"id": 0, "image_id": 1, "caption": "đây là khung cảnh trước một căn nhà", "segment_caption": "đây là khung_cảnh trước một căn nhà"},
+        {
+            "id": 0,
+            "image_id": 1,
+            "caption": "đây là khung cảnh trước một căn nhà",
+            "segment_caption": "đây là khung_cảnh trước một căn nhà",
+        },
         {"id": 1, "image_id": 361, "caption": "một chiếc xe máy", "segment_caption": "một chiếc xe_máy"},
         {"id": 2, "image_id": 1, "caption": "căn nhà cao tầng", "segment_caption": "căn nhà cao_tầng"},
         {"id": 3, "image_id": 452, "caption": "bức tranh", "segment_caption": "bức tranh"},
@@ -73,7 +84,10 @@ def write_ktvic(root, test=KTVIC_TEST, images=None) -> dict:
     write(root / "train_data.json", KTVIC_TRAIN)
     write(root / "test_data.json", test)
     write(root / "train-images" / "00000000007.jpg", encode(photo(7), "JPEG"))
-    images = images or {im["filename"]: encode(photo(im["id"]), "PNG" if im["filename"].endswith("png") else "JPEG") for im in KTVIC_TEST["images"]}
+    images = images or {
+        im["filename"]: encode(photo(im["id"]), "PNG" if im["filename"].endswith("png") else "JPEG")
+        for im in KTVIC_TEST["images"]
+    }
     for name, data in images.items():
         write(root / "public-test-images" / name, data)
     return images
@@ -86,7 +100,11 @@ def write_crossmodal(root) -> None:
         record = {"image/key": key, "image/locale": "vi"}
         for language in LANGUAGES:
             captions = [f"{language} caption {i}.{j}" for j in range(1 + i % 2)]
-            record[language] = {"caption": captions, "caption/tokenized": captions, "caption/tokenized/lowercase": captions}
+            record[language] = {
+                "caption": captions,
+                "caption/tokenized": captions,
+                "caption/tokenized/lowercase": captions,
+            }
         record["vi"]["caption"] = [f"ảnh số {i}", f"bức ảnh thứ {i}"][: 1 + i % 2]
         lines.append(json.dumps(record, ensure_ascii=False))
         write(root / "images" / f"{key}.jpg", encode(photo(100 + i), "JPEG"))
@@ -97,7 +115,9 @@ def write_json_corpus(root) -> None:
     """The authors' converted format: images 5, 3 (train), 8 (val), 9 (test), two captions each."""
     for split, ids in (("train", [5, 3]), ("val", [8]), ("test", [9])):
         images = [{"id": i, "image_path": f"images/{split}/{i}.png"} for i in ids]
-        annotations = [{"id": 10 * i + j, "caption": f"chú thích {i}-{j}", "image_id": i} for i in ids for j in range(2)]
+        annotations = [
+            {"id": 10 * i + j, "caption": f"chú thích {i}-{j}", "image_id": i} for i in ids for j in range(2)
+        ]
         write(root / f"{split}.json", {"images": images, "annotations": annotations})
         for i in ids:
             write(root / "images" / split / f"{i}.png", encode(photo(i), "PNG"))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from training_setup import demo_split, gradients, make_trainer, small_model
 
 from dataset_scripts.teacher_embeddings import TeacherEmbeddings
-from training_setup import demo_split, gradients, make_trainer, small_model
 
 folder, cache = Path(sys.argv[1]), sys.argv[2]
 state = PartialState()

@@ -59,8 +59,19 @@ def learn_bpe(words, merges=60):
     return codes, pieces
 
 
-def vietnamese_sbert(folder, texts, *, hidden_size=32, layers=2, heads=2, max_seq_length=256, seed=0,
-                     sentence_transformers_files=True, tokenizer_files=True, model_max_length=256):
+def vietnamese_sbert(
+    folder,
+    texts,
+    *,
+    hidden_size=32,
+    layers=2,
+    heads=2,
+    max_seq_length=256,
+    seed=0,
+    sentence_transformers_files=True,
+    tokenizer_files=True,
+    model_max_length=256,
+):
     """`keepitreal/vietnamese-sbert` in miniature: same files and config fields, random weights.
 
     `sentence_transformers_files=False` leaves out the sentence-transformers files (a plain PhoBERT folder);
@@ -77,9 +88,18 @@ def vietnamese_sbert(folder, texts, *, hidden_size=32, layers=2, heads=2, max_se
             encoding="utf-8",
         )
     config = RobertaConfig(
-        vocab_size=64001, hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=2 * hidden_size, max_position_embeddings=258, type_vocab_size=1, layer_norm_eps=1e-5,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, tokenizer_class="PhobertTokenizer",
+        vocab_size=64001,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=258,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        tokenizer_class="PhobertTokenizer",
         architectures=["RobertaModel"],
     )
     torch.manual_seed(seed)
@@ -88,8 +108,15 @@ def vietnamese_sbert(folder, texts, *, hidden_size=32, layers=2, heads=2, max_se
     state_dict = {key: value.contiguous() for key, value in model.state_dict().items()}
     state_dict["embeddings.position_ids"] = torch.arange(258).unsqueeze(0)  # the buffer old checkpoints saved
     torch.save(state_dict, folder / "pytorch_model.bin")  # the old format, no safetensors
-    special = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>",
-               "pad_token": "<pad>", "mask_token": "<mask>"}
+    special = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "cls_token": "<s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "mask_token": "<mask>",
+    }
     tokenizer_config = {**special, "tokenizer_class": "PhobertTokenizer"}
     if model_max_length:
         tokenizer_config["model_max_length"] = model_max_length
@@ -106,10 +133,17 @@ def vietnamese_sbert(folder, texts, *, hidden_size=32, layers=2, heads=2, max_se
             json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
         )
         (folder / "1_Pooling").mkdir(exist_ok=True)
-        (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-            "word_embedding_dimension": hidden_size, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-            "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-        }))
+        (folder / "1_Pooling" / "config.json").write_text(
+            json.dumps(
+                {
+                    "word_embedding_dimension": hidden_size,
+                    "pooling_mode_cls_token": False,
+                    "pooling_mode_mean_tokens": True,
+                    "pooling_mode_max_tokens": False,
+                    "pooling_mode_mean_sqrt_len_tokens": False,
+                }
+            )
+        )
         (folder / "config_sentence_transformers.json").write_text(
             json.dumps({"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.7.0", "pytorch": "1.9.0"}})
         )
@@ -129,8 +163,18 @@ def timm_hub_folder(folder, architecture, model_args=None, seed=0):
     return Path(folder), model
 
 
-def authors_release(folder, text_tower, vision_tower, *, embed_dim=16, vision_proj="linear", text_proj="linear",
-                    proj_bias=False, logit_bias=None, seed=0):
+def authors_release(
+    folder,
+    text_tower,
+    vision_tower,
+    *,
+    embed_dim=16,
+    vision_proj="linear",
+    text_proj="linear",
+    proj_bias=False,
+    logit_bias=None,
+    seed=0,
+):
     """The authors' released format: their `config.json` schema and `model.safetensors` key names, built from the
     towers given (their `model_name`s are the paths). Returns (folder, state_dict)."""
     torch.manual_seed(seed)
@@ -160,8 +204,13 @@ def authors_release(folder, text_tower, vision_tower, *, embed_dim=16, vision_pr
     config = {
         "model_type": "viclip_ot",
         "text_config": {"model_name": str(text_tower), "proj": text_proj, "proj_bias": proj_bias},
-        "vision_config": {"model_name": str(vision_tower), "pool": "avg", "proj": vision_proj, "proj_bias": proj_bias,
-                          "proj_dropout_rate": 0.1},
+        "vision_config": {
+            "model_name": str(vision_tower),
+            "pool": "avg",
+            "proj": vision_proj,
+            "proj_bias": proj_bias,
+            "proj_dropout_rate": 0.1,
+        },
         "embed_dim": embed_dim,
         "initial_temperature": 0.07,
         "logit_bias": logit_bias,
@@ -193,16 +242,38 @@ def siglip_baseline(folder, texts, vocab_size=80, seed=0):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=str(folder / "spiece"), vocab_size=vocab_size,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>",
-        unk_piece="<unk>", minloglevel=2,
+        sentence_iterator=iter(texts),
+        model_prefix=str(folder / "spiece"),
+        vocab_size=vocab_size,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        pad_piece="<pad>",
+        eos_piece="</s>",
+        unk_piece="<unk>",
+        minloglevel=2,
     )
     tokenizer = SiglipTokenizer(vocab_file=str(folder / "spiece.model"), model_max_length=16)
-    text = {"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "max_position_embeddings": 16, "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id}
-    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "image_size": 32, "patch_size": 8}
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 16,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    vision = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
     torch.manual_seed(seed)
     SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(folder)
     SiglipProcessor(SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
@@ -221,12 +292,28 @@ def clip_baseline(folder, seed=0):
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(vocab)}
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges], model_max_length=24)
-    special = {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-               "pad_token_id": vocab["<|endoftext|>"]}
-    text = {"vocab_size": len(vocab), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "max_position_embeddings": 24, **special}
-    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "image_size": 32, "patch_size": 8}
+    special = {
+        "bos_token_id": vocab["<|startoftext|>"],
+        "eos_token_id": vocab["<|endoftext|>"],
+        "pad_token_id": vocab["<|endoftext|>"],
+    }
+    text = {
+        "vocab_size": len(vocab),
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 24,
+        **special,
+    }
+    vision = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
     torch.manual_seed(seed)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(folder)
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -255,22 +342,53 @@ def qwen3_vl_embedding(folder, seed=0):
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     folder = Path(folder)
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-               "<|video_pad|>"]
+    special = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
     vocab = {token: index for index, token in enumerate([*bytes_to_unicode().values(), *special])}
     tokenizer = Qwen2TokenizerFast(vocab=vocab, merges=[], model_max_length=512)
     tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
-    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 512,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
-                                "mrope_interleaved": True},
-            "pad_token_id": vocab["<|endoftext|>"]}
-    vision = {"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "patch_size": 8,
-              "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 32, "num_position_embeddings": 16,
-              "deepstack_visual_indexes": [0]}
+    text = {
+        "vocab_size": len(vocab),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "max_position_embeddings": 512,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [2, 3, 3],
+            "mrope_interleaved": True,
+        },
+        "pad_token_id": vocab["<|endoftext|>"],
+    }
+    vision = {
+        "depth": 1,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_heads": 2,
+        "patch_size": 8,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": 32,
+        "num_position_embeddings": 16,
+        "deepstack_visual_indexes": [0],
+    }
     config = Qwen3VLConfig(
-        text_config=text, vision_config=vision, image_token_id=vocab["<|image_pad|>"],
-        video_token_id=vocab["<|video_pad|>"], vision_start_token_id=vocab["<|vision_start|>"],
+        text_config=text,
+        vision_config=vision,
+        image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
         vision_end_token_id=vocab["<|vision_end|>"],
     )
     torch.manual_seed(seed)
@@ -278,8 +396,9 @@ def qwen3_vl_embedding(folder, seed=0):
     Qwen3VLModel(config).save_pretrained(transformers_folder)
     sizes = {"patch_size": 8, "temporal_patch_size": 2, "merge_size": 2}
     images = Qwen2VLImageProcessor(size={"shortest_edge": 16 * 16, "longest_edge": 32 * 32}, **sizes)
-    Qwen3VLProcessor(images, tokenizer, Qwen3VLVideoProcessor(**sizes), chat_template=QWEN3_VL_CHAT_TEMPLATE
-                     ).save_pretrained(transformers_folder)
+    Qwen3VLProcessor(
+        images, tokenizer, Qwen3VLVideoProcessor(**sizes), chat_template=QWEN3_VL_CHAT_TEMPLATE
+    ).save_pretrained(transformers_folder)
     generation_prompt = {"chat_template": {"add_generation_prompt": True}}
     transformer = Transformer(str(transformers_folder), processing_kwargs=generation_prompt)
     modules = [transformer, Pooling(32, "lasttoken"), Normalize()]

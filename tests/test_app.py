@@ -55,7 +55,11 @@ def served(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(
         [sys.executable, "app.py", "--model", str(model_dir), "--index", str(folder / "index"), "--port", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         url = f"http://127.0.0.1:{port}/"
@@ -87,9 +91,7 @@ def test_text_query_shows_the_best_images(served, page):
     page.locator("input[aria-label='number input for Số ảnh (top-k)']").first.fill(str(TOP_K))
     page.locator("input[aria-label='number input for Số ảnh (top-k)']").first.press("Enter")
     page.click("#text-search")
-    page.wait_for_function(
-        f"document.querySelectorAll('#text-results img').length >= {TOP_K}", timeout=60_000
-    )
+    page.wait_for_function(f"document.querySelectorAll('#text-results img').length >= {TOP_K}", timeout=60_000)
     page.screenshot(path=str(folder / "text-search.png"), full_page=True)
     shown = page.locator("#text-results img")
     assert shown.count() == TOP_K
@@ -115,10 +117,15 @@ def test_uploaded_image_is_classified_and_searched(served, page):
     page.screenshot(path=str(folder / "classify.png"), full_page=True)
     from transformers import pipeline
 
-    classifier = pipeline("zero-shot-image-classification", model=model, tokenizer=model.processor.tokenizer,
-                          image_processor=model.processor.image_processor)
-    expected = classifier(str(files[0]), candidate_labels=["hình tròn", "hình vuông", "tam giác"],
-                          hypothesis_template="một bức ảnh về {}")
+    classifier = pipeline(
+        "zero-shot-image-classification",
+        model=model,
+        tokenizer=model.processor.tokenizer,
+        image_processor=model.processor.image_processor,
+    )
+    expected = classifier(
+        str(files[0]), candidate_labels=["hình tròn", "hình vuông", "tam giác"], hypothesis_template="một bức ảnh về {}"
+    )
     assert page.inner_text("#classify-scores .output-class").strip() == expected[0]["label"]
     shown = page.locator("#classify-scores").inner_text()
     for result in expected:

@@ -13,17 +13,32 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from transformers import AutoModel, AutoProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
-
 from corpus_fixtures import write_crossmodal, write_json_corpus, write_ktvic, write_uit
+from PIL import Image
+from transformers import (
+    AutoModel,
+    AutoProcessor,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    SiglipConfig,
+    SiglipImageProcessor,
+    SiglipModel,
+    SiglipProcessor,
+)
+
 from dataset_scripts import CorpusError, load_corpus
 from dataset_scripts.dedupe import make_report
 from dataset_scripts.report import write_report
 from viclip_ot.bootstrap import bootstrap_intervals, per_image_statistics, weighted_metrics
-from viclip_ot.encoders import EncoderError, PairedEncoder, SentenceTransformersEncoder, TransformersEncoder
-from viclip_ot.encoders import load_encoder
+from viclip_ot.encoders import (
+    EncoderError,
+    PairedEncoder,
+    SentenceTransformersEncoder,
+    TransformersEncoder,
+    load_encoder,
+)
 from viclip_ot.evaluation import paper_suite
 from viclip_ot.metrics import format_metrics_table, retrieval_metrics
 from viclip_ot.plots import project_2d
@@ -37,12 +52,23 @@ eval_cli = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(eval_cli)
 
 RECALLS = [f"{side}_R@{k}" for side in ("i2t", "t2i") for k in (1, 5, 10)]
-METRICS = RECALLS + ["avg_R", "i2t_mean_rank", "i2t_median_rank", "t2i_mean_rank", "t2i_median_rank", "alignment",
-                     "modality_gap", "alignment_per_image", "modality_gap_per_image"]
+METRICS = RECALLS + [
+    "avg_R",
+    "i2t_mean_rank",
+    "i2t_median_rank",
+    "t2i_mean_rank",
+    "t2i_median_rank",
+    "alignment",
+    "modality_gap",
+    "alignment_per_image",
+    "modality_gap_per_image",
+]
 INTERVALS = [f"{key}_ci95" for key in METRICS if "median" not in key]
 ENTRY = ["name", "corpus", "data_dir", "split", "dedup_report", "options", "images", "captions", "metrics"]
 SUITE_ROWS = {  # row: (images, captions) of the fixture folders
-    "UIT-OpenViIC test": (2, 3), "KTVIC train (dedup)": (1, 1), "KTVIC test (dedup)": (2, 3),
+    "UIT-OpenViIC test": (2, 3),
+    "KTVIC train (dedup)": (1, 1),
+    "KTVIC test (dedup)": (2, 3),
     "Crossmodal-3600 vi": (3, 4),
 }
 DEMO = {"train_size": 0, "validation_size": 0, "test_size": 12, "image_size": 32}  # a small demo test split
@@ -64,8 +90,14 @@ def dedup_report(path, corpus, data_dir, split, removed, cache_dir):
     target = load_corpus(corpus, data_dir, split, cache_dir=cache_dir)
     similarity = np.array([0.9 if image_id in removed else 0.1 for image_id in target["image_id"]])
     reference = {"corpus": "uit-openviic", "split": "train", "dataset": {"image_id": ["00000000009.jpg"]}}
-    report = make_report({"corpus": corpus, "split": split, "dataset": target}, reference,
-                         np.zeros(len(target), int), similarity, 0.8, "test")
+    report = make_report(
+        {"corpus": corpus, "split": split, "dataset": target},
+        reference,
+        np.zeros(len(target), int),
+        similarity,
+        0.8,
+        "test",
+    )
     write_report(report, path)
     return path
 
@@ -117,10 +149,23 @@ class MatchingEncoder:
 def tiny_dual_encoder(folder, kind):
     """A randomly initialised transformers CLIP or SigLIP with its processor (tokenizer trained here), saved."""
     tokenizer = train_tokenizer(CAPTIONS * 5, vocab_size=200)
-    text = {"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "max_position_embeddings": 24, "pad_token_id": tokenizer.pad_token_id}
-    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "image_size": 32, "patch_size": 8}
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 24,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
     torch.manual_seed(0)
     if kind == "clip":
         special = {"bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id}
@@ -165,12 +210,22 @@ def test_end_to_end_with_a_tiny_model(corpus, model_dir, tmp_path):
         write_json_corpus(tmp_path / "converted")
         where = ["--data-dir", tmp_path / "converted", "--split", "val"]
     _, written, table = run_eval(
-        "--model", model_dir, "--dataset", corpus, *where, "--batch-size", 5, "--bootstrap", 50,
-        "--plots", tmp_path / "plots", tmp_path=tmp_path,
+        "--model",
+        model_dir,
+        "--dataset",
+        corpus,
+        *where,
+        "--batch-size",
+        5,
+        "--bootstrap",
+        50,
+        "--plots",
+        tmp_path / "plots",
+        tmp_path=tmp_path,
     )
     assert written["model"] == str(model_dir) and written["encoder"] == "ViCLIPOTModel"
     assert written["precision"] == "fp32" and written["bootstrap"] == {"samples": 50, "seed": 0}
-    (name, entry), = written["evaluations"].items()
+    ((name, entry),) = written["evaluations"].items()
     assert name == f"{corpus} {'test' if corpus == 'demo' else 'val'}"
     # the Markdown table next to the JSON shows the JSON's values, with their intervals, in the paper's order
     cells = []
@@ -221,10 +276,12 @@ def test_matching_embeddings_score_100(data_root, tmp_path, monkeypatch):
     corpora = [eval_set.load(tmp_path / "cache") for eval_set in paper_suite(data_root)]
     corpora.append(load_corpus("json", tmp_path / "converted", "test", cache_dir=tmp_path / "cache"))
     monkeypatch.setattr(eval_cli, "load_encoder", lambda *args, **kwargs: MatchingEncoder(corpora))
-    _, suite, table = run_eval("--model", "matching", "--suite", "paper", "--data-root", data_root, "--bootstrap", 20,
-                               tmp_path=tmp_path)
-    _, single, _ = run_eval("--model", "matching", "--dataset", "json", "--data-dir", tmp_path / "converted",
-                            tmp_path=tmp_path)
+    _, suite, table = run_eval(
+        "--model", "matching", "--suite", "paper", "--data-root", data_root, "--bootstrap", 20, tmp_path=tmp_path
+    )
+    _, single, _ = run_eval(
+        "--model", "matching", "--dataset", "json", "--data-dir", tmp_path / "converted", tmp_path=tmp_path
+    )
     entries = [*suite["evaluations"].values(), *single["evaluations"].values()]
     assert len(entries) == 5
     for entry in entries:
@@ -250,8 +307,9 @@ def test_clip_baseline_matches_sentence_transformers_and_runs_end_to_end(clip_di
         torch.testing.assert_close(encode(inputs, batch_size=2), expected)
 
     write_json_corpus(tmp_path / "converted")
-    _, written, _ = run_eval("--model", clip_dir, "--dataset", "json", "--data-dir", tmp_path / "converted",
-                             tmp_path=tmp_path)
+    _, written, _ = run_eval(
+        "--model", clip_dir, "--dataset", "json", "--data-dir", tmp_path / "converted", tmp_path=tmp_path
+    )
     assert written["encoder"] == "TransformersEncoder"
     assert set(written["evaluations"]["json test"]["metrics"]) == set(METRICS)
 
@@ -386,11 +444,14 @@ def text_only_sentence_transformer(folder, text_tower_dir):
 
 
 ERRORS = {
-    "not a retrieval model": (lambda scratch, text_tower: text_tower,
-                              r"is not an image-text retrieval model: its config.json has model_type 'bert'"),
+    "not a retrieval model": (
+        lambda scratch, text_tower: text_tower,
+        r"is not an image-text retrieval model: its config.json has model_type 'bert'",
+    ),
     "a text-only sentence-transformers model": (
         lambda scratch, text_tower: text_only_sentence_transformer(scratch / "st_text", text_tower),
-        r"is a sentence-transformers model that encodes only text"),
+        r"is a sentence-transformers model that encodes only text",
+    ),
     "no such folder": (lambda scratch, text_tower: scratch / "missing", r"no such model folder: .*missing"),
     "an empty folder": (lambda scratch, text_tower: scratch, r"holds neither config.json nor modules.json"),
 }
@@ -401,8 +462,14 @@ def test_model_errors(case, text_tower_dir, tmp_path):
     make_model_argument, message = ERRORS[case]
     (tmp_path / "scratch").mkdir()
     with pytest.raises(EncoderError, match=message):
-        run_eval("--model", make_model_argument(tmp_path / "scratch", text_tower_dir), "--dataset", "demo",
-                 *(f"--option={option}={value}" for option, value in DEMO.items()), tmp_path=tmp_path)
+        run_eval(
+            "--model",
+            make_model_argument(tmp_path / "scratch", text_tower_dir),
+            "--dataset",
+            "demo",
+            *(f"--option={option}={value}" for option, value in DEMO.items()),
+            tmp_path=tmp_path,
+        )
 
 
 def test_corpus_errors(model_dir, data_root, tmp_path):
@@ -420,10 +487,29 @@ def test_corpus_errors(model_dir, data_root, tmp_path):
 
 def test_command_line_error_is_one_line(text_tower_dir, tmp_path):
     result = subprocess.run(
-        [sys.executable, "eval.py", "--model", str(text_tower_dir), "--dataset", "demo", "--option", "train_size=0",
-         "--option", "validation_size=0", "--option", "test_size=2", "--cache-dir", str(tmp_path / "cache"),
-         "--output", str(tmp_path / "results.json")],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120,
+        [
+            sys.executable,
+            "eval.py",
+            "--model",
+            str(text_tower_dir),
+            "--dataset",
+            "demo",
+            "--option",
+            "train_size=0",
+            "--option",
+            "validation_size=0",
+            "--option",
+            "test_size=2",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--output",
+            str(tmp_path / "results.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]

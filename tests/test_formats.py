@@ -54,8 +54,13 @@ def sbert_reference(sbert_dir, texts):
 @pytest.mark.parametrize("tower", list(TOWERS))
 def test_from_towers_reads_timm_folders_with_their_model_args(tower, tower_dirs, sbert_dir, tmp_path):
     folder, reference = tower_dirs[tower]
-    model = ViCLIPOTModel.from_towers(folder, sbert_dir, image_size=32, projection_dim=32, vision_head="none"
-                                      if reference.num_features == 32 else "linear").eval()
+    model = ViCLIPOTModel.from_towers(
+        folder,
+        sbert_dir,
+        image_size=32,
+        projection_dim=32,
+        vision_head="none" if reference.num_features == 32 else "linear",
+    ).eval()
     assert model.config.vision_model_name == TOWERS[tower][0]
     pixels = images()
     reference = copy.deepcopy(reference).eval()
@@ -70,15 +75,23 @@ def test_from_towers_reads_timm_folders_with_their_model_args(tower, tower_dirs,
     model.save_pretrained(tmp_path / "saved")
     loaded = ViCLIPOTModel.from_pretrained(tmp_path / "saved").eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.get_image_features(pixels).pooler_output,
-                                   model.get_image_features(pixels).pooler_output, rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded.get_image_features(pixels).pooler_output,
+            model.get_image_features(pixels).pooler_output,
+            rtol=0,
+            atol=0,
+        )
 
 
 def test_from_towers_accepts_the_local_dir_and_weights_file_sources(tower_dirs, sbert_dir):
     folder, reference = tower_dirs["dinov3-resized"]
-    for source, extra in ((f"local-dir:{folder}", {}),
-                          (folder / "model.safetensors", {"vision_model_name": "vit_small_patch16_dinov3",
-                                                          "vision_model_kwargs": DINOV3_SMALL})):
+    for source, extra in (
+        (f"local-dir:{folder}", {}),
+        (
+            folder / "model.safetensors",
+            {"vision_model_name": "vit_small_patch16_dinov3", "vision_model_kwargs": DINOV3_SMALL},
+        ),
+    ):
         model = ViCLIPOTModel.from_towers(source, sbert_dir, image_size=32, projection_dim=16, **extra)
         for key, value in reference.state_dict().items():
             torch.testing.assert_close(model.vision_model.state_dict()[key], value, rtol=0, atol=0, msg=key)
@@ -134,8 +147,9 @@ torch.testing.assert_close(model.encode_text(texts), out.text_embeds, atol=1e-6,
 print("OK")
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
     assert {"processor_config.json", "vocab.txt", "bpe.codes", "modules.json"} <= set(os.listdir(tmp_path / "b"))
 
@@ -154,22 +168,29 @@ def authors_embeddings(state_dict, config, sbert_dir, vision_dir, pixels, texts)
     """Embeddings computed directly from the release's weights: the timm trunk's patch-token mean through the head;
     the text encoder's masked token mean through `fc`; both L2-normalised."""
     trunk = timm.create_model(f"local-dir:{vision_dir}", num_classes=0).eval()
-    trunk.load_state_dict({k.removeprefix("vision_model.trunk."): v for k, v in state_dict.items()
-                           if k.startswith("vision_model.trunk.")})
+    trunk.load_state_dict(
+        {k.removeprefix("vision_model.trunk."): v for k, v in state_dict.items() if k.startswith("vision_model.trunk.")}
+    )
     encoder = AutoModel.from_pretrained(sbert_dir).eval()
-    encoder.load_state_dict({k.removeprefix("text_model.encoder."): v for k, v in state_dict.items()
-                             if k.startswith("text_model.encoder.")})
+    encoder.load_state_dict(
+        {k.removeprefix("text_model.encoder."): v for k, v in state_dict.items() if k.startswith("text_model.encoder.")}
+    )
     with torch.no_grad():
         tokens = trunk.forward_features(pixels)
-        pooled = tokens[:, trunk.num_prefix_tokens:].mean(dim=1)
+        pooled = tokens[:, trunk.num_prefix_tokens :].mean(dim=1)
         if config["vision_config"]["proj"] == "linear":
-            image = F.linear(pooled, state_dict["vision_model.head.proj.weight"],
-                             state_dict.get("vision_model.head.proj.bias"))
+            image = F.linear(
+                pooled, state_dict["vision_model.head.proj.weight"], state_dict.get("vision_model.head.proj.bias")
+            )
         else:
-            hidden = F.gelu(F.linear(pooled, state_dict["vision_model.head.mlp.fc1.weight"],
-                                     state_dict["vision_model.head.mlp.fc1.bias"]))
-            image = F.linear(hidden, state_dict["vision_model.head.mlp.fc2.weight"],
-                             state_dict.get("vision_model.head.mlp.fc2.bias"))
+            hidden = F.gelu(
+                F.linear(
+                    pooled, state_dict["vision_model.head.mlp.fc1.weight"], state_dict["vision_model.head.mlp.fc1.bias"]
+                )
+            )
+            image = F.linear(
+                hidden, state_dict["vision_model.head.mlp.fc2.weight"], state_dict.get("vision_model.head.mlp.fc2.bias")
+            )
         inputs = AutoTokenizer.from_pretrained(sbert_dir)(texts, padding=True, return_tensors="pt")
         hidden = encoder(**inputs).last_hidden_state
         mask = inputs["attention_mask"].unsqueeze(-1).float()
@@ -179,18 +200,29 @@ def authors_embeddings(state_dict, config, sbert_dir, vision_dir, pixels, texts)
     return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
 
 
-@pytest.mark.parametrize("vision_proj, text_proj, proj_bias, logit_bias", [
-    ("linear", "linear", False, None),  # ViCLIP-OT
-    ("mlp", "linear", True, -10.0),  # ViSigLIP-OT with the mlp head and biases
-    ("linear", "none", False, None),
-])
-def test_authors_release_converts_to_equal_embeddings(vision_proj, text_proj, proj_bias, logit_bias, tower_dirs,
-                                                      sbert_dir, tmp_path):
+@pytest.mark.parametrize(
+    "vision_proj, text_proj, proj_bias, logit_bias",
+    [
+        ("linear", "linear", False, None),  # ViCLIP-OT
+        ("mlp", "linear", True, -10.0),  # ViSigLIP-OT with the mlp head and biases
+        ("linear", "none", False, None),
+    ],
+)
+def test_authors_release_converts_to_equal_embeddings(
+    vision_proj, text_proj, proj_bias, logit_bias, tower_dirs, sbert_dir, tmp_path
+):
     vision_dir = tower_dirs["dinov3-resized"][0]
     embed_dim = 32 if text_proj == "none" else 16
-    release, state_dict = authors_release(tmp_path / "ViCLIP-OT", sbert_dir, vision_dir, embed_dim=embed_dim,
-                                          vision_proj=vision_proj, text_proj=text_proj, proj_bias=proj_bias,
-                                          logit_bias=logit_bias)
+    release, state_dict = authors_release(
+        tmp_path / "ViCLIP-OT",
+        sbert_dir,
+        vision_dir,
+        embed_dim=embed_dim,
+        vision_proj=vision_proj,
+        text_proj=text_proj,
+        proj_bias=proj_bias,
+        logit_bias=logit_bias,
+    )
     config = json.loads((release / "config.json").read_text())
     pixels = images()
     expected_images, expected_texts = authors_embeddings(state_dict, config, sbert_dir, vision_dir, pixels, CAPTIONS)
@@ -210,8 +242,14 @@ def test_authors_release_converts_to_equal_embeddings(vision_proj, text_proj, pr
     # the command line writes a folder that loads on its own
     output = tmp_path / "converted"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "viclip_ot.convert", str(release), str(output)], env=env,
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "viclip_ot.convert", str(release), str(output)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = AutoModel.from_pretrained(output, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(output, trust_remote_code=True)
@@ -228,10 +266,20 @@ def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs
     extra = authors_checkpoint(tmp_path / "extra.pth", {**state_dict, "vision_model.extra.weight": torch.zeros(1)})
     with pytest.raises(KeyError, match="image_encoder.extra.weight|vision_model.extra.weight"):
         load_authors_model(extra, **towers)
-    command = [sys.executable, "-m", "viclip_ot.convert", str(extra), str(tmp_path / "out"),
-               "--text-tower", str(sbert_dir), "--vision-model", str(vision_dir)]
-    result = subprocess.run(command, check=False, capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "viclip_ot.convert",
+        str(extra),
+        str(tmp_path / "out"),
+        "--text-tower",
+        str(sbert_dir),
+        "--vision-model",
+        str(vision_dir),
+    ]
+    result = subprocess.run(
+        command, check=False, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("convert: error: ")
     assert not (tmp_path / "out").exists()
@@ -244,11 +292,18 @@ def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs
 # ---------------------------------------------------------------- training options on any tower
 
 
-@pytest.mark.parametrize("architecture, kwargs, blocks, frozen", [
-    ("vit_small_patch16_dinov3", DINOV3_SMALL, 1, ("cls_token", "reg_token", "patch_embed.", "blocks.0.")),
-    ("convnext_atto", {"depths": (1, 2, 1, 1), "dims": (8, 16, 24, 32)}, 2,
-     ("stem.", "stages.0.", "stages.1.downsample.", "stages.1.blocks.0.")),
-])
+@pytest.mark.parametrize(
+    "architecture, kwargs, blocks, frozen",
+    [
+        ("vit_small_patch16_dinov3", DINOV3_SMALL, 1, ("cls_token", "reg_token", "patch_embed.", "blocks.0.")),
+        (
+            "convnext_atto",
+            {"depths": (1, 2, 1, 1), "dims": (8, 16, 24, 32)},
+            2,
+            ("stem.", "stages.0.", "stages.1.downsample.", "stages.1.blocks.0."),
+        ),
+    ],
+)
 def test_freeze_image_blocks_on_any_timm_tower(architecture, kwargs, blocks, frozen, sbert_dir, tmp_path):
     from viclip_ot.trainer import freeze
 
@@ -279,13 +334,28 @@ def test_model_card_names_hub_ids_rounds_values_and_titles_the_model(tower_dirs,
     from viclip_ot.model_card import write_model_card
 
     model = ViCLIPOTModel.from_towers(tower_dirs["convnext-official"][0], sbert_dir, projection_dim=16)
-    towers = ["vit_base_patch16_dinov3.lvd1689m", "keepitreal/vietnamese-sbert",
-              "hf-hub:timm/convnext_base.dinov3_lvd1689m", "convnext_atto", str(sbert_dir)]
-    write_model_card(tmp_path, model.config, model_name="viclip-ot-uit", results={"t2i_R@1": 28.599999999999998},
-                     dataset_name="uit-openviic", base_models=towers)
+    towers = [
+        "vit_base_patch16_dinov3.lvd1689m",
+        "keepitreal/vietnamese-sbert",
+        "hf-hub:timm/convnext_base.dinov3_lvd1689m",
+        "convnext_atto",
+        str(sbert_dir),
+    ]
+    write_model_card(
+        tmp_path,
+        model.config,
+        model_name="viclip-ot-uit",
+        results={"t2i_R@1": 28.599999999999998},
+        dataset_name="uit-openviic",
+        base_models=towers,
+    )
     card = ModelCard.load(tmp_path / "README.md")
-    assert card.data.base_model == ["timm/vit_base_patch16_dinov3.lvd1689m", "keepitreal/vietnamese-sbert",
-                                    "timm/convnext_base.dinov3_lvd1689m", "timm/convnext_atto.d2_in1k"]
+    assert card.data.base_model == [
+        "timm/vit_base_patch16_dinov3.lvd1689m",
+        "keepitreal/vietnamese-sbert",
+        "timm/convnext_base.dinov3_lvd1689m",
+        "timm/convnext_atto.d2_in1k",
+    ]
     assert card.data.eval_results[0].metric_value == 28.6 and "28.599999" not in card.content
     assert "\n# viclip-ot-uit\n" in card.content
 
@@ -320,10 +390,29 @@ def test_baselines_encode_as_their_models_and_run_in_eval(kind, baseline_dirs, t
     torch.testing.assert_close(encoder.encode_text(texts), expected, atol=1e-6, rtol=0)
 
     result = subprocess.run(
-        [sys.executable, "eval.py", "--model", str(folder), "--dataset", "demo", "--option", "train_size=0",
-         "--option", "validation_size=0", "--option", "test_size=4", "--cache-dir", str(tmp_path / "cache"),
-         "--output", str(tmp_path / "results.json")],
-        check=False, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+        [
+            sys.executable,
+            "eval.py",
+            "--model",
+            str(folder),
+            "--dataset",
+            "demo",
+            "--option",
+            "train_size=0",
+            "--option",
+            "validation_size=0",
+            "--option",
+            "test_size=4",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--output",
+            str(tmp_path / "results.json"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (entry,) = json.loads((tmp_path / "results.json").read_text())["evaluations"].values()
@@ -336,9 +425,27 @@ def test_a_baseline_missing_a_package_is_one_clear_line(baseline_dirs, tmp_path)
         "runpy.run_path('eval.py', run_name='__main__')\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, "eval.py", "--model", str(baseline_dirs["siglip"]), "--dataset", "demo",
-         "--option", "test_size=2", "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "out.json")],
-        check=False, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            script,
+            "eval.py",
+            "--model",
+            str(baseline_dirs["siglip"]),
+            "--dataset",
+            "demo",
+            "--option",
+            "test_size=2",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--output",
+            str(tmp_path / "out.json"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
@@ -356,30 +463,75 @@ def test_teacher_script_on_one_and_two_processes_with_a_text_only_teacher(sbert_
     from dataset_scripts.teacher_embeddings import TeacherEmbeddings
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "HF_DATASETS_CACHE": str(tmp_path / "cache")}
-    corpus = ["--corpus", "demo", "--split", "train", "--teacher", str(sbert_dir), "--batch-size", "3",
-              "--option", "train_size=7", "--option", "validation_size=1", "--option", "test_size=1",
-              "--option", "image_size=16"]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "cache"),
+    }
+    corpus = [
+        "--corpus",
+        "demo",
+        "--split",
+        "train",
+        "--teacher",
+        str(sbert_dir),
+        "--batch-size",
+        "3",
+        "--option",
+        "train_size=7",
+        "--option",
+        "validation_size=1",
+        "--option",
+        "test_size=1",
+        "--option",
+        "image_size=16",
+    ]
     launches = {
         "one": [sys.executable, "-m", "dataset_scripts.teacher_embeddings"],
-        "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--main_process_port", "29533", "-m", "dataset_scripts.teacher_embeddings"],
+        "two": [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29533",
+            "-m",
+            "dataset_scripts.teacher_embeddings",
+        ],
     }
     files = {}
     for name, launch in launches.items():
         files[name] = tmp_path / f"{name}.safetensors"
-        result = subprocess.run([*launch, *corpus, "--output", str(files[name])], cwd=root, env=env, check=False,
-                                capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [*launch, *corpus, "--output", str(files[name])],
+            cwd=root,
+            env=env,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
 
-    dataset = load_corpus("demo", split="train", cache_dir=str(tmp_path / "cache"), train_size=7, validation_size=1,
-                          test_size=1, image_size=16)
+    dataset = load_corpus(
+        "demo",
+        split="train",
+        cache_dir=str(tmp_path / "cache"),
+        train_size=7,
+        validation_size=1,
+        test_size=1,
+        image_size=16,
+    )
     captions = list(dataset["captions"])
     reference = SentenceTransformer(str(sbert_dir), device="cpu")
     expected_texts = torch.from_numpy(reference.encode([c for cs in captions for c in cs], normalize_embeddings=True))
-    expected_images = F.normalize(torch.stack([rows.mean(0) for rows in
-                                               expected_texts.split([len(cs) for cs in captions])]), dim=-1)
+    expected_images = F.normalize(
+        torch.stack([rows.mean(0) for rows in expected_texts.split([len(cs) for cs in captions])]), dim=-1
+    )
     for name, path in files.items():
         embeddings = TeacherEmbeddings.load(path)
         embeddings.check_corpus(dataset)
@@ -397,15 +549,47 @@ def test_paper_config_trains_on_the_replicas_with_the_demo_corpus(tower_dirs, sb
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     output = tmp_path / "run"
-    main([
-        "configs/viclip_ot.yaml", "--dataset", "demo", "--data_dir", "", "--loss_type", "clip",
-        "--vision_tower", str(tower_dirs["dinov3-resized"][0]), "--text_tower", str(sbert_dir),
-        "--corpus_options", json.dumps({"train_size": 8, "validation_size": 4, "test_size": 0, "image_size": 32}),
-        "--image_size", "32", "--projection_dim", "16", "--output_dir", str(output), "--bf16", "false",
-        "--use_cpu", "true", "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
-        "--gradcache_chunk_size", "2", "--per_device_eval_batch_size", "4", "--dataloader_num_workers", "0",
-        "--report_to", "none", "--freeze_image_blocks", "1",
-    ])
+    main(
+        [
+            "configs/viclip_ot.yaml",
+            "--dataset",
+            "demo",
+            "--data_dir",
+            "",
+            "--loss_type",
+            "clip",
+            "--vision_tower",
+            str(tower_dirs["dinov3-resized"][0]),
+            "--text_tower",
+            str(sbert_dir),
+            "--corpus_options",
+            json.dumps({"train_size": 8, "validation_size": 4, "test_size": 0, "image_size": 32}),
+            "--image_size",
+            "32",
+            "--projection_dim",
+            "16",
+            "--output_dir",
+            str(output),
+            "--bf16",
+            "false",
+            "--use_cpu",
+            "true",
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--gradcache_chunk_size",
+            "2",
+            "--per_device_eval_batch_size",
+            "4",
+            "--dataloader_num_workers",
+            "0",
+            "--report_to",
+            "none",
+            "--freeze_image_blocks",
+            "1",
+        ]
+    )
     model = AutoModel.from_pretrained(output / "final", trust_remote_code=True).eval()
     assert model.config.vision_model_kwargs["embed_dim"] == 32  # the export's model_args
     assert model.encode_text(CAPTIONS).shape == (4, 16)
@@ -434,8 +618,9 @@ def test_qwen3_vl_embedding_teacher_through_sentence_transformers(tmp_path):
 
     def by_hand(contents):
         chats = [[system, {"role": "user", "content": [content]}] for content in contents]
-        inputs = processor.apply_chat_template(chats, tokenize=True, add_generation_prompt=True, return_dict=True,
-                                               return_tensors="pt", padding=True)
+        inputs = processor.apply_chat_template(
+            chats, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt", padding=True
+        )
         with torch.no_grad():
             return F.normalize(model(**inputs).last_hidden_state[:, -1], dim=-1)
 
@@ -448,8 +633,13 @@ def test_qwen3_vl_embedding_teacher_through_sentence_transformers(tmp_path):
 def datasets_from(images, captions):
     import datasets
 
-    features = datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("string"),
-                                  "captions": datasets.List(datasets.Value("string"))})
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "image_id": datasets.Value("string"),
+            "captions": datasets.List(datasets.Value("string")),
+        }
+    )
     return datasets.Dataset.from_dict(
         {"image": images, "image_id": [str(i) for i in range(len(images))], "captions": captions}, features=features
     )

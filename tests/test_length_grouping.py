@@ -61,16 +61,19 @@ def test_grouped_cached_step_equals_the_plain_full_batch_step(batch_and_model):
     model.train()
     chunks, caption_order = gradcache_chunks(batch, 3)
     with torch.no_grad():
-        whole = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
-                      attention_mask=batch["attention_mask"])
+        whole = model(
+            pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        )
         grouped = torch.cat([model(**chunk).text_embeds for chunk in chunks])[caption_order.argsort()]
     torch.testing.assert_close(grouped, whole.text_embeds, atol=1e-6, rtol=0)
 
     model.zero_grad()
-    expected_loss = trainer._batch_loss(whole.image_embeds, whole.text_embeds, batch, model.logit_scale,
-                                        model.logit_bias)
-    outputs = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"])
+    expected_loss = trainer._batch_loss(
+        whole.image_embeds, whole.text_embeds, batch, model.logit_scale, model.logit_bias
+    )
+    outputs = model(
+        pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    )
     loss = trainer._batch_loss(outputs.image_embeds, outputs.text_embeds, batch, model.logit_scale, model.logit_bias)
     loss.backward()
     expected = gradients(model)

@@ -41,8 +41,9 @@ def pot_plan(cost, reg, reg_m, a=None, b=None):
     cost = np.asarray(cost, dtype=np.float64)
     a = np.full(cost.shape[0], 1 / cost.shape[0]) if a is None else np.asarray(a, dtype=np.float64)
     b = np.full(cost.shape[1], 1 / cost.shape[1]) if b is None else np.asarray(b, dtype=np.float64)
-    plan, log = ot.unbalanced.sinkhorn_unbalanced(a, b, cost, reg, reg_m, reg_type="kl", numItermax=100_000,
-                                                  stopThr=CONVERGED["tol"], log=True)
+    plan, log = ot.unbalanced.sinkhorn_unbalanced(
+        a, b, cost, reg, reg_m, reg_type="kl", numItermax=100_000, stopThr=CONVERGED["tol"], log=True
+    )
     assert log["err"][-1] < CONVERGED["tol"]
     return plan
 
@@ -82,7 +83,13 @@ def test_fixed_iterations_are_pots(reg_m):
     for iterations in (1, 2, 25):
         plan = unbalanced_sinkhorn(cost, 0.05, reg_m, max_iter=iterations, tol=None)
         expected = ot.unbalanced.sinkhorn_unbalanced(
-            np.full(7, 1 / 7), np.full(11, 1 / 11), cost.numpy(), 0.05, reg_m, reg_type="kl", numItermax=iterations,
+            np.full(7, 1 / 7),
+            np.full(11, 1 / 11),
+            cost.numpy(),
+            0.05,
+            reg_m,
+            reg_type="kl",
+            numItermax=iterations,
             stopThr=0.0,
         )
         assert np.abs(plan.numpy() - expected).max() < 1e-14
@@ -120,8 +127,9 @@ def test_small_reg_is_finite_and_right(reg_m):
 def test_sinkhorn_gradcheck():
     cost = cosine_cost(5, 6, seed=7).requires_grad_()
     for reg, reg_m in ((0.05, 0.5), (0.1, math.inf), (0.01, 1.0)):
-        assert torch.autograd.gradcheck(functools.partial(unbalanced_sinkhorn, reg=reg, reg_m=reg_m, max_iter=30, tol=None),
-                                        (cost,))
+        assert torch.autograd.gradcheck(
+            functools.partial(unbalanced_sinkhorn, reg=reg, reg_m=reg_m, max_iter=30, tol=None), (cost,)
+        )
 
 
 def test_sinkhorn_gradcheck_through_reabsorption(monkeypatch):
@@ -131,7 +139,10 @@ def test_sinkhorn_gradcheck_through_reabsorption(monkeypatch):
     monkeypatch.setattr(losses._ScalingIterations, "apply", lambda *args: calls.append(1) or apply(*args))
     monkeypatch.setattr(losses, "_log_scaling_bound", lambda dtype: 2.0)
     cost = cosine_cost(5, 6, seed=8).requires_grad_()
-    function = lambda c: unbalanced_sinkhorn(c, 0.01, 0.5, max_iter=40, tol=0.0, check_every=2)
+
+    def function(c):
+        return unbalanced_sinkhorn(c, 0.01, 0.5, max_iter=40, tol=0.0, check_every=2)
+
     assert torch.autograd.gradcheck(function, (cost,))
     calls.clear()
     function(cost)
@@ -144,8 +155,9 @@ def test_gradient_equals_pots_autograd():
     ours, theirs = (cosine_cost(8, 10, seed=10).requires_grad_() for _ in range(2))
     (unbalanced_sinkhorn(ours, 0.05, 0.5, max_iter=60, tol=None) * weights).sum().backward()
     uniform = torch.tensor([], dtype=torch.float64)
-    plan = ot.unbalanced.sinkhorn_unbalanced(uniform, uniform, theirs, 0.05, 0.5, reg_type="kl", numItermax=60,
-                                             stopThr=0)
+    plan = ot.unbalanced.sinkhorn_unbalanced(
+        uniform, uniform, theirs, 0.05, 0.5, reg_type="kl", numItermax=60, stopThr=0
+    )
     (plan * weights).sum().backward()
     assert (ours.grad - theirs.grad).abs().max() < 1e-12
 
@@ -199,11 +211,11 @@ def direct_graph(inputs, strategy):
     text = inputs["teacher_text_embeds"]
     graph = np.zeros((n, n))
     for k in range(n):
-        for l in range(n):
-            tt = text[k] @ text[l]
-            ii = image[INDEX[k]] @ image[INDEX[l]]
-            ti, it = text[k] @ image[INDEX[l]], image[INDEX[k]] @ text[l]
-            graph[k, l] = {
+        for m in range(n):
+            tt = text[k] @ text[m]
+            ii = image[INDEX[k]] @ image[INDEX[m]]
+            ti, it = text[k] @ image[INDEX[m]], image[INDEX[k]] @ text[m]
+            graph[k, m] = {
                 "cross_modality": (tt + ii + ti + it) / 4,
                 "arithmetic_mean": (tt + ii) / 2,
                 "harmonic_mean": 2 * tt * ii / (tt + ii + 1e-8),
@@ -215,8 +227,12 @@ def direct_graph(inputs, strategy):
 
 def direct_logits(inputs, scale, bias=0.0):
     n = len(INDEX)
-    return np.array([[scale * inputs["image_embeds"][INDEX[i]] @ inputs["text_embeds"][j] + bias for j in range(n)]
-                     for i in range(n)])
+    return np.array(
+        [
+            [scale * inputs["image_embeds"][INDEX[i]] @ inputs["text_embeds"][j] + bias for j in range(n)]
+            for i in range(n)
+        ]
+    )
 
 
 def direct_plan(inputs, reg=0.05, reg_m=0.5):
@@ -232,10 +248,15 @@ def row_softmax(matrix):
 
 def direct_kl(target, prior):
     n = len(target)
-    return sum(
-        (target[i, j] * (math.log(target[i, j]) - math.log(prior[i, j]) - 1) if target[i, j] > 0 else 0) + prior[i, j]
-        for i in range(n) for j in range(n)
-    ) / n
+    return (
+        sum(
+            (target[i, j] * (math.log(target[i, j]) - math.log(prior[i, j]) - 1) if target[i, j] > 0 else 0)
+            + prior[i, j]
+            for i in range(n)
+            for j in range(n)
+        )
+        / n
+    )
 
 
 def direct_sigrot(inputs, scale, strategy="cross_modality", reg=0.05, reg_m=0.5, normalise_plan=False):
@@ -287,8 +308,14 @@ def direct_clip_uot(inputs, scale):
 
 def direct_siglip_uot(inputs, scale, bias):
     logits, labels, n = direct_logits(inputs, scale, bias), np.clip(direct_plan(inputs), 0, 1), len(INDEX)
-    return sum(labels[i, j] * softplus(-logits[i, j]) + (1 - labels[i, j]) * softplus(logits[i, j])
-               for i in range(n) for j in range(n)) / n
+    return (
+        sum(
+            labels[i, j] * softplus(-logits[i, j]) + (1 - labels[i, j]) * softplus(logits[i, j])
+            for i in range(n)
+            for j in range(n)
+        )
+        / n
+    )
 
 
 @pytest.mark.parametrize("strategy", GRAPH_STRATEGIES)
@@ -303,8 +330,14 @@ def test_similarity_graph(strategy):
 def test_sigrot_loss(strategy):
     inputs, scale = batch(), 7.0
     graph = similarity_graph(*teachers(inputs), strategy)
-    loss = sigrot_loss(inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], graph,
-                       torch.tensor(scale, dtype=torch.float64), **CONVERGED)
+    loss = sigrot_loss(
+        inputs["image_embeds"],
+        inputs["text_embeds"],
+        inputs["caption_image_index"],
+        graph,
+        torch.tensor(scale, dtype=torch.float64),
+        **CONVERGED,
+    )
     assert loss.item() == pytest.approx(direct_sigrot(numpy_of(inputs), scale, strategy), rel=1e-10)
 
 
@@ -312,8 +345,15 @@ def test_sigrot_loss(strategy):
 def test_sigrot_loss_with_normalised_plan(strategy):
     inputs, scale = batch(seed=3), 7.0
     graph = similarity_graph(*teachers(inputs), strategy)
-    loss = sigrot_loss(inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], graph,
-                       torch.tensor(scale, dtype=torch.float64), normalise_plan=True, **CONVERGED)
+    loss = sigrot_loss(
+        inputs["image_embeds"],
+        inputs["text_embeds"],
+        inputs["caption_image_index"],
+        graph,
+        torch.tensor(scale, dtype=torch.float64),
+        normalise_plan=True,
+        **CONVERGED,
+    )
     expected = direct_sigrot(numpy_of(inputs), scale, strategy, normalise_plan=True)
     assert loss.item() == pytest.approx(expected, rel=1e-10)
     assert expected != pytest.approx(direct_sigrot(numpy_of(inputs), scale, strategy), rel=1e-3)
@@ -323,8 +363,9 @@ def test_sigrot_with_an_asymmetric_graph():
     """text->image uses row-softmax(s S^T): checked with a graph that is not symmetric."""
     inputs = batch(seed=20)
     graph = torch.randn(6, 6, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
-    loss = sigrot_loss(inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], graph, 3.0,
-                       **CONVERGED)
+    loss = sigrot_loss(
+        inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], graph, 3.0, **CONVERGED
+    )
     target, g = direct_plan(numpy_of(inputs)), graph.numpy()
     expected = (direct_kl(target, row_softmax(3 * g)) + direct_kl(target.T, row_softmax(3 * g.T))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-10)
@@ -340,11 +381,18 @@ def test_uot_soft_target_losses():
 
 
 def module_loss(loss_type, inputs, scale=6.0, bias=-3.0, **options):
-    module = ContrastiveOTLoss(loss_type, ot_max_iter=CONVERGED["max_iter"], ot_tol=CONVERGED["tol"],
-                               ot_check_every=1, **options)
-    return module(inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"],
-                  torch.tensor(scale, dtype=torch.float64), torch.tensor(bias, dtype=torch.float64),
-                  inputs["teacher_image_embeds"], inputs["teacher_text_embeds"])
+    module = ContrastiveOTLoss(
+        loss_type, ot_max_iter=CONVERGED["max_iter"], ot_tol=CONVERGED["tol"], ot_check_every=1, **options
+    )
+    return module(
+        inputs["image_embeds"],
+        inputs["text_embeds"],
+        inputs["caption_image_index"],
+        torch.tensor(scale, dtype=torch.float64),
+        torch.tensor(bias, dtype=torch.float64),
+        inputs["teacher_image_embeds"],
+        inputs["teacher_text_embeds"],
+    )
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
@@ -352,15 +400,21 @@ def test_every_loss_type(loss_type):
     inputs, scale, bias = batch(seed=40), 6.0, -3.0
     direct = numpy_of(inputs)
     contrastive = {
-        "clip": direct_clip(direct, scale), "siglip": direct_siglip(direct, scale, bias),
-        "clip_uot": direct_clip_uot(direct, scale), "siglip_uot": direct_siglip_uot(direct, scale, bias),
+        "clip": direct_clip(direct, scale),
+        "siglip": direct_siglip(direct, scale, bias),
+        "clip_uot": direct_clip_uot(direct, scale),
+        "siglip_uot": direct_siglip_uot(direct, scale, bias),
     }
     contrastive.update(clip_sigrot=contrastive["clip"], siglip_sigrot=contrastive["siglip"])
     sigrot = direct_sigrot(direct, scale)
     expected = {
-        "clip": contrastive["clip"], "siglip": contrastive["siglip"], "sigrot": sigrot,
-        "clip_sigrot": sigrot + 0.1 * contrastive["clip"], "siglip_sigrot": sigrot + 0.1 * contrastive["siglip"],
-        "clip_uot": contrastive["clip_uot"], "siglip_uot": contrastive["siglip_uot"],
+        "clip": contrastive["clip"],
+        "siglip": contrastive["siglip"],
+        "sigrot": sigrot,
+        "clip_sigrot": sigrot + 0.1 * contrastive["clip"],
+        "siglip_sigrot": sigrot + 0.1 * contrastive["siglip"],
+        "clip_uot": contrastive["clip_uot"],
+        "siglip_uot": contrastive["siglip_uot"],
     }[loss_type]
     output = module_loss(loss_type, inputs, scale, bias)
     assert output.loss.item() == pytest.approx(expected, rel=1e-10)
@@ -392,12 +446,19 @@ def test_detach_prior_scale_keeps_the_value_and_drops_sigrots_scale_gradient():
     for detach in (False, True):
         scale = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
         loss = ContrastiveOTLoss("clip_sigrot", detach_prior_scale=detach)(
-            image, text, inputs["caption_image_index"], scale, None, inputs["teacher_image_embeds"],
-            inputs["teacher_text_embeds"]).loss
+            image,
+            text,
+            inputs["caption_image_index"],
+            scale,
+            None,
+            inputs["teacher_image_embeds"],
+            inputs["teacher_text_embeds"],
+        ).loss
         results[detach] = (loss, *torch.autograd.grad(loss, (image, text, scale)))
     scale = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
-    (clip_gradient,) = torch.autograd.grad(0.1 * contrastive_loss(image, text, inputs["caption_image_index"], scale),
-                                           scale)
+    (clip_gradient,) = torch.autograd.grad(
+        0.1 * contrastive_loss(image, text, inputs["caption_image_index"], scale), scale
+    )
     assert results[True][0].item() == pytest.approx(results[False][0].item(), rel=1e-12)
     for ours, plain in zip(results[True][1:3], results[False][1:3]):
         torch.testing.assert_close(ours, plain, rtol=1e-12, atol=1e-14)
@@ -432,8 +493,9 @@ def test_plan_diagnostics():
     direct = numpy_of(inputs)
     cosine, plan = direct_logits(direct, 1.0), direct_plan(direct)
     same = np.equal.outer(INDEX, INDEX)
-    diagnostics = plan_diagnostics(inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"],
-                                   torch.as_tensor(plan))
+    diagnostics = plan_diagnostics(
+        inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], torch.as_tensor(plan)
+    )
     assert diagnostics["plan_row_mass"].item() == pytest.approx(plan.sum(1).mean(), rel=1e-12)
     assert diagnostics["matched_cosine"].item() == pytest.approx(cosine[same].mean(), rel=1e-12)
     assert diagnostics["unmatched_cosine"].item() == pytest.approx(cosine[~same].mean(), rel=1e-12)
@@ -452,8 +514,14 @@ def test_unconverged_sinkhorn_is_reported():
     assert unbalanced_sinkhorn(cost, 0.01, 0.5, max_iter=20, tol=None, return_converged=True)[1] is None
     inputs = batch(seed=46)
     output = ContrastiveOTLoss("clip_sigrot", ot_reg=0.01, ot_max_iter=3)(
-        inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], torch.tensor(6.0), None,
-        inputs["teacher_image_embeds"], inputs["teacher_text_embeds"])
+        inputs["image_embeds"],
+        inputs["text_embeds"],
+        inputs["caption_image_index"],
+        torch.tensor(6.0),
+        None,
+        inputs["teacher_image_embeds"],
+        inputs["teacher_text_embeds"],
+    )
     assert output.diagnostics["sinkhorn_unconverged"] == 1.0
 
 
@@ -464,7 +532,8 @@ def test_fixed_prior_temperature():
 
 
 GRADCHECK_CASES = [(name, {}) for name in LOSS_TYPES if not name.endswith("uot")] + [
-    ("clip_sigrot", {"normalise_plan": True}), ("sigrot", {"normalise_plan": True}),
+    ("clip_sigrot", {"normalise_plan": True}),
+    ("sigrot", {"normalise_plan": True}),
     ("sigrot", {"normalise_plan": True, "ot_reg_m": math.inf}),
 ]
 
@@ -478,8 +547,15 @@ def test_gradcheck(loss_type, options):
     module = ContrastiveOTLoss(loss_type, ot_max_iter=30, ot_tol=None, **options)
 
     def loss(image, text, scale, bias):
-        return module(image, text, inputs["caption_image_index"], scale, bias, inputs["teacher_image_embeds"],
-                      inputs["teacher_text_embeds"]).loss
+        return module(
+            image,
+            text,
+            inputs["caption_image_index"],
+            scale,
+            bias,
+            inputs["teacher_image_embeds"],
+            inputs["teacher_text_embeds"],
+        ).loss
 
     assert torch.autograd.gradcheck(loss, (image, text, scale, bias))
 
@@ -495,12 +571,23 @@ def test_uot_gradient_holds_the_plan_constant(loss_type):
 
     def loss(image, text, scale, bias):
         return ContrastiveOTLoss(loss_type, ot_max_iter=30, ot_tol=None)(
-            image, text, inputs["caption_image_index"], scale, bias).loss
+            image, text, inputs["caption_image_index"], scale, bias
+        ).loss
 
     assert torch.autograd.gradcheck(lambda s, b: loss(image.detach(), text.detach(), s, b), (scale, bias))
-    target = torch.as_tensor(len(INDEX) * ot.unbalanced.sinkhorn_unbalanced(
-        np.full(6, 1 / 6), np.full(6, 1 / 6), 1 - direct_logits(numpy_of(inputs), 1.0), 0.05, 0.5, reg_type="kl",
-        numItermax=30, stopThr=0.0))
+    target = torch.as_tensor(
+        len(INDEX)
+        * ot.unbalanced.sinkhorn_unbalanced(
+            np.full(6, 1 / 6),
+            np.full(6, 1 / 6),
+            1 - direct_logits(numpy_of(inputs), 1.0),
+            0.05,
+            0.5,
+            reg_type="kl",
+            numItermax=30,
+            stopThr=0.0,
+        )
+    )
     logits = scale * image[inputs["caption_image_index"]] @ text.T
     if loss_type == "clip_uot":
         rows, columns = target / target.sum(1, keepdim=True), target.T / target.T.sum(1, keepdim=True)
@@ -550,8 +637,15 @@ def test_bf16_autocast_gives_the_fp32_loss(loss_type):
     scale, bias = torch.tensor(6.0), torch.tensor(-3.0)
 
     def loss(image, text):
-        return ContrastiveOTLoss(loss_type)(image, text, inputs["caption_image_index"], scale, bias,
-                                            inputs["teacher_image_embeds"], inputs["teacher_text_embeds"]).loss
+        return ContrastiveOTLoss(loss_type)(
+            image,
+            text,
+            inputs["caption_image_index"],
+            scale,
+            bias,
+            inputs["teacher_image_embeds"],
+            inputs["teacher_text_embeds"],
+        ).loss
 
     expected = loss(inputs["image_embeds"], inputs["text_embeds"])
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -568,8 +662,14 @@ def test_detach_plan_keeps_only_the_prior_gradient():
     gradients = {}
     for detach in (False, True):
         output = ContrastiveOTLoss("sigrot", detach_plan=detach)(
-            inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], leaves[1], None,
-            inputs["teacher_image_embeds"], inputs["teacher_text_embeds"])
+            inputs["image_embeds"],
+            inputs["text_embeds"],
+            inputs["caption_image_index"],
+            leaves[1],
+            None,
+            inputs["teacher_image_embeds"],
+            inputs["teacher_text_embeds"],
+        )
         gradients[detach] = torch.autograd.grad(output.loss, leaves, allow_unused=True)
     assert gradients[True][0] is None and gradients[False][0].abs().sum() > 0
     assert torch.allclose(gradients[True][1], gradients[False][1])

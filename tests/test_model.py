@@ -116,8 +116,12 @@ def test_from_towers_with_real_sentence_transformer(minilm_dir, vision_weights_f
 
     weights, tower = vision_weights_file
     model = ViCLIPOTModel.from_towers(
-        weights, minilm_dir, vision_model_name="vit_small_patch16_dinov3",
-        vision_model_kwargs=small_image_tower_kwargs(), image_size=32, projection_dim=384,
+        weights,
+        minilm_dir,
+        vision_model_name="vit_small_patch16_dinov3",
+        vision_model_kwargs=small_image_tower_kwargs(),
+        image_size=32,
+        projection_dim=384,
     ).eval()
     for key, value in tower.state_dict().items():
         torch.testing.assert_close(model.vision_model.state_dict()[key], value, rtol=0, atol=0)
@@ -148,7 +152,9 @@ def test_saved_folder_loads_in_sentence_transformers(make_model, photos, tmp_pat
     model = make_model()
     model.save_pretrained(tmp_path)
     st_model = SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu")
-    torch.testing.assert_close(torch.from_numpy(st_model.encode(CAPTIONS)), model.encode_text(CAPTIONS), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        torch.from_numpy(st_model.encode(CAPTIONS)), model.encode_text(CAPTIONS), atol=1e-6, rtol=0
+    )
     torch.testing.assert_close(torch.from_numpy(st_model.encode(photos)), model.encode_image(photos), atol=1e-6, rtol=0)
 
 
@@ -252,7 +258,9 @@ def test_image_modes_become_rgb(make_model, photos, mode, tmp_path):
     with Image.open(io.BytesIO(stored)) as built:
         np.testing.assert_array_equal(np.asarray(built), converted)
     model = make_model()
-    torch.testing.assert_close(model.encode_image(image), model.encode_image(Image.fromarray(converted.astype(np.uint8))))
+    torch.testing.assert_close(
+        model.encode_image(image), model.encode_image(Image.fromarray(converted.astype(np.uint8)))
+    )
 
 
 def test_transparent_pixels_become_white(make_model):
@@ -303,8 +311,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(make_model, photos):
 
 def test_alternative_towers_convnext_and_cls_bert(text_tower_dir, tmp_path, photos):
     config = small_config(
-        text_tower_dir, vision_model_name="convnext_atto",
-        vision_model_kwargs={"depths": (1, 1, 1, 1), "dims": (8, 16, 24, 32)}, text_pooling="cls", vision_head="mlp",
+        text_tower_dir,
+        vision_model_name="convnext_atto",
+        vision_model_kwargs={"depths": (1, 1, 1, 1), "dims": (8, 16, 24, 32)},
+        text_pooling="cls",
+        vision_head="mlp",
     )
     model = ViCLIPOTModel(config).eval()
     model.processor = ViCLIPOTProcessor.from_text_tower(text_tower_dir, crop_size=config.image_size)

@@ -86,12 +86,15 @@ def test_update_matches_fresh_index(demo_model, images, tmp_path):
     assert updated.dataset["path"] == fresh.dataset["path"] and len(fresh) == 11
     assert updated.dataset["mtime_ns"] == fresh.dataset["mtime_ns"]
     np.testing.assert_allclose(
-        updated.dataset.with_format("numpy")[:]["embedding"], fresh.dataset.with_format("numpy")[:]["embedding"],
+        updated.dataset.with_format("numpy")[:]["embedding"],
+        fresh.dataset.with_format("numpy")[:]["embedding"],
         atol=1e-6,
     )
     for updated_hits, fresh_hits in zip(updated.search(QUERIES, k=5), fresh.search(QUERIES, k=5)):
         assert [hit["path"] for hit in updated_hits] == [hit["path"] for hit in fresh_hits]
-        np.testing.assert_allclose([hit["score"] for hit in updated_hits], [hit["score"] for hit in fresh_hits], atol=1e-6)
+        np.testing.assert_allclose(
+            [hit["score"] for hit in updated_hits], [hit["score"] for hit in fresh_hits], atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("index_type, options", [("ivf", {"nlist": 2, "nprobe": 2}), ("hnsw", {"ef_search": 64})])
@@ -116,8 +119,9 @@ def test_wrong_model_and_empty_folder(demo_model, demo_model_dir, images, tmp_pa
     other = save_demo_model(tmp_path / "other_model", tmp_path / "cache", seed=1)
     other_model = AutoModel.from_pretrained(other, trust_remote_code=True)
     assert model_fingerprint(other_model) != model_fingerprint(demo_model)
-    assert model_fingerprint(AutoModel.from_pretrained(demo_model_dir, trust_remote_code=True)) == \
-        model_fingerprint(demo_model)
+    assert model_fingerprint(AutoModel.from_pretrained(demo_model_dir, trust_remote_code=True)) == model_fingerprint(
+        demo_model
+    )
     with pytest.raises(ValueError, match="built with another model"):
         ImageIndex.load(tmp_path / "index", other_model)
 
@@ -152,13 +156,21 @@ def test_interrupted_save_leaves_the_previous_index(demo_model, images, tmp_path
 
 def run_cli(*args, env=None):
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "viclip_ot.search", *map(str, args)], check=False,
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "viclip_ot.search", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
 
 
 def test_cli_index_and_json_query(demo_model, demo_model_dir, images, tmp_path):
-    result = run_cli("index", "--model", demo_model_dir, "--images", images, "--output", tmp_path / "index",
-                     "--batch-size", "4")
+    result = run_cli(
+        "index", "--model", demo_model_dir, "--images", images, "--output", tmp_path / "index", "--batch-size", "4"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipped 1 unreadable image file(s): sub/corrupt.jpg" in result.stderr
 
@@ -188,15 +200,41 @@ def test_cli_index_and_json_query(demo_model, demo_model_dir, images, tmp_path):
 def test_cli_index_with_two_processes(demo_model_dir, images, tmp_path):
     """`accelerate launch` with 2 CPU processes: each encodes a share; the saved index equals a one-process one."""
     env = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--main_process_port", "29531", "-m", "viclip_ot.search", "index", "--model", str(demo_model_dir),
-               "--images", str(images), "--output", str(tmp_path / "two"), "--batch-size", "2"]
-    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(REPO), **env})
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29531",
+        "-m",
+        "viclip_ot.search",
+        "index",
+        "--model",
+        str(demo_model_dir),
+        "--images",
+        str(images),
+        "--output",
+        str(tmp_path / "two"),
+        "--batch-size",
+        "2",
+    ]
+    result = subprocess.run(
+        command,
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("skipped 1 unreadable image file(s)") == 1  # the main process warns once
     assert run_cli("index", "--model", demo_model_dir, "--images", images, "--output", tmp_path / "one").returncode == 0
     two, one = ImageIndex.load(tmp_path / "two"), ImageIndex.load(tmp_path / "one")
     assert two.dataset["path"] == one.dataset["path"] and len(one) == 10
-    np.testing.assert_allclose(two.dataset.with_format("numpy")[:]["embedding"],
-                               one.dataset.with_format("numpy")[:]["embedding"], atol=1e-5)
+    np.testing.assert_allclose(
+        two.dataset.with_format("numpy")[:]["embedding"], one.dataset.with_format("numpy")[:]["embedding"], atol=1e-5
+    )

@@ -100,8 +100,17 @@ def test_two_process_ddp_equals_one_process_on_the_union(corpus, tmp_path):
     teacher.save(tmp_path / "teacher.safetensors")
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--main_process_port", "29517", str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), str(folder / "cache"),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29517",
+        str(REPO / "tests" / "ddp_worker.py"),
+        str(tmp_path),
+        str(folder / "cache"),
     ]
     result = subprocess.run(command, env=env, check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -117,21 +126,56 @@ def test_two_process_ddp_equals_one_process_on_the_union(corpus, tmp_path):
         loss = trainer.training_step(model, union)
         assert float(distributed[mode]["loss"]) == pytest.approx(float(loss), abs=1e-5)
         for name, grad in gradients(model).items():
-            torch.testing.assert_close(distributed[mode]["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=f"{mode} {name}")
+            torch.testing.assert_close(
+                distributed[mode]["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=f"{mode} {name}"
+            )
 
 
 def _train(tmp_path, output, cache, teacher_file, *extra):
     from train import main
 
-    main([
-        str(REPO / "configs" / "demo.yaml"), "--output_dir", str(output), "--teacher_embeddings", str(teacher_file),
-        "--corpus_options", json.dumps({"train_size": 16, "validation_size": 8, "test_size": 0, "image_size": 32}),
-        "--test_split", "", "--image_size", "32", "--vision_model_kwargs", '{"embed_dim": 32, "depth": 1, "num_heads": 2}',
-        "--projection_dim", "16", "--per_device_train_batch_size", "4", "--gradcache_chunk_size", "2",
-        "--num_train_epochs", "1", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "steps",
-        "--eval_steps", "2", "--logging_steps", "1", "--save_total_limit", "5", "--load_best_model_at_end", "false",
-        "--dataloader_num_workers", "0", *extra,
-    ])
+    main(
+        [
+            str(REPO / "configs" / "demo.yaml"),
+            "--output_dir",
+            str(output),
+            "--teacher_embeddings",
+            str(teacher_file),
+            "--corpus_options",
+            json.dumps({"train_size": 16, "validation_size": 8, "test_size": 0, "image_size": 32}),
+            "--test_split",
+            "",
+            "--image_size",
+            "32",
+            "--vision_model_kwargs",
+            '{"embed_dim": 32, "depth": 1, "num_heads": 2}',
+            "--projection_dim",
+            "16",
+            "--per_device_train_batch_size",
+            "4",
+            "--gradcache_chunk_size",
+            "2",
+            "--num_train_epochs",
+            "1",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "2",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "2",
+            "--logging_steps",
+            "1",
+            "--save_total_limit",
+            "5",
+            "--load_best_model_at_end",
+            "false",
+            "--dataloader_num_workers",
+            "0",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture
@@ -163,8 +207,14 @@ def test_resume_from_checkpoint_gives_the_same_weights(tmp_path, demo_teacher, m
     with monkeypatch.context() as patch, pytest.raises(Crash):
         patch.setattr(ViCLIPOTTrainer, "training_step", crash_after_two_steps)
         _train(tmp_path, tmp_path / "interrupted", None, demo_teacher)
-    _train(tmp_path, tmp_path / "interrupted", None, demo_teacher,
-           "--resume_from_checkpoint", str(tmp_path / "interrupted" / "checkpoint-2"))
+    _train(
+        tmp_path,
+        tmp_path / "interrupted",
+        None,
+        demo_teacher,
+        "--resume_from_checkpoint",
+        str(tmp_path / "interrupted" / "checkpoint-2"),
+    )
     straight = load_file(tmp_path / "straight" / "checkpoint-4" / "model.safetensors")
     resumed = load_file(tmp_path / "interrupted" / "checkpoint-4" / "model.safetensors")
     assert straight.keys() == resumed.keys()
@@ -188,7 +238,16 @@ def test_pushed_folder_loads_offline_with_a_model_card(tmp_path, demo_teacher, m
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
-    _train(tmp_path, tmp_path / "run", None, demo_teacher, "--push_to_hub", "true", "--hub_model_id", "someone/viclip-ot-demo")
+    _train(
+        tmp_path,
+        tmp_path / "run",
+        None,
+        demo_teacher,
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "someone/viclip-ot-demo",
+    )
     assert len(uploads) >= 2  # each checkpoint, then the end of training
 
     script = (
@@ -198,8 +257,13 @@ def test_pushed_folder_loads_offline_with_a_model_card(tmp_path, demo_teacher, m
     )
     for folder in (uploads[0], uploads[-1]):
         result = subprocess.run(
-            [sys.executable, "-c", script, str(folder)], cwd=tmp_path, check=False, capture_output=True, text=True,
-            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+            [sys.executable, "-c", script, str(folder)],
+            cwd=tmp_path,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
         )
         assert result.returncode == 0 and "torch.Size([1, 16])" in result.stdout, result.stderr[-3000:]
         card = ModelCard.load(folder / "README.md")
@@ -211,8 +275,13 @@ def test_pushed_folder_loads_offline_with_a_model_card(tmp_path, demo_teacher, m
 
 def test_teacher_files_that_do_not_match_fail_before_training(tmp_path, demo_teacher):
     teacher = TeacherEmbeddings.load(demo_teacher)
-    other_ids = TeacherEmbeddings(teacher.image_embeds, teacher.text_embeds, [f"x{i}" for i in teacher.image_ids],
-                                  teacher.caption_counts, teacher.metadata)
+    other_ids = TeacherEmbeddings(
+        teacher.image_embeds,
+        teacher.text_embeds,
+        [f"x{i}" for i in teacher.image_ids],
+        teacher.caption_counts,
+        teacher.metadata,
+    )
     other_ids.save(tmp_path / "ids.safetensors")
     with pytest.raises(TeacherMismatchError, match=r"ids.safetensors.*16 corpus images have no teacher row"):
         _train(tmp_path, tmp_path / "a", None, tmp_path / "ids.safetensors")
@@ -221,12 +290,15 @@ def test_teacher_files_that_do_not_match_fail_before_training(tmp_path, demo_tea
     counts[0] -= 1
     counts[1] += 1
     TeacherEmbeddings(teacher.image_embeds, teacher.text_embeds, teacher.image_ids, counts, teacher.metadata).save(
-        tmp_path / "counts.safetensors")
+        tmp_path / "counts.safetensors"
+    )
     with pytest.raises(TeacherMismatchError, match="2 images have a different caption count"):
         _train(tmp_path, tmp_path / "b", None, tmp_path / "counts.safetensors")
 
     with pytest.raises(TeacherMismatchError, match="image dimension 24 != text dimension 8"):
-        TeacherEmbeddings(teacher.image_embeds, teacher.text_embeds[:, :8], teacher.image_ids, teacher.caption_counts, {})
+        TeacherEmbeddings(
+            teacher.image_embeds, teacher.text_embeds[:, :8], teacher.image_ids, teacher.caption_counts, {}
+        )
     assert not (tmp_path / "a" / "final").exists() and not (tmp_path / "b" / "final").exists()
 
 
@@ -235,7 +307,9 @@ def test_optimizer_groups_learning_rates_and_weight_decay(corpus, tmp_path):
     model = small_model(tmp_path, [c for cs in train["captions"] for c in cs])
     trainer, _ = make_trainer(model, tmp_path / "out", learning_rate=1e-4, head_learning_rate=5e-3, weight_decay=0.1)
     optimizer = trainer.create_optimizer()
-    settings = {id(p): (group["lr"], group["weight_decay"]) for group in optimizer.param_groups for p in group["params"]}
+    settings = {
+        id(p): (group["lr"], group["weight_decay"]) for group in optimizer.param_groups for p in group["params"]
+    }
     named = dict(model.named_parameters())
     assert settings[id(named["vision_head.proj.weight"])] == (5e-3, 0.1)
     assert settings[id(named["logit_scale"])] == (5e-3, 0.0)
@@ -285,11 +359,20 @@ def test_logs_carry_the_diagnostics_and_warn_of_collapse(corpus, tmp_path, caplo
     model.eval()
     with torch.no_grad():
         for batch in batches:
-            outputs = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
-                            attention_mask=batch["attention_mask"])
-            expected.append(trainer.loss_fn(outputs.image_embeds, outputs.text_embeds, batch["caption_image_index"],
-                                            model.logit_scale.exp(), None, batch["teacher_image_embeds"],
-                                            batch["teacher_text_embeds"]).diagnostics)
+            outputs = model(
+                pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            )
+            expected.append(
+                trainer.loss_fn(
+                    outputs.image_embeds,
+                    outputs.text_embeds,
+                    batch["caption_image_index"],
+                    model.logit_scale.exp(),
+                    None,
+                    batch["teacher_image_embeds"],
+                    batch["teacher_text_embeds"],
+                ).diagnostics
+            )
             trainer.compute_loss(model, batch)
     logs = {"loss": 1.0}
     trainer.state.epoch = 0.5
@@ -323,24 +406,28 @@ def test_scene_factor_teacher_matches_the_demo_corpus(tmp_path):
     teacher = scene_factor_teacher()
     train = load_corpus("demo", split="train", cache_dir=str(tmp_path / "cache"))
     teacher.check_corpus(train)
-    tables = [{str(k): v for k, v in demo.COUNTS.items()}, demo.SHAPES,
-              {name: phrases for name, (_, phrases) in demo.COLOURS.items()},
-              {name: phrases for name, (_, phrases) in demo.POSITIONS.items()}]
+    tables = [
+        {str(k): v for k, v in demo.COUNTS.items()},
+        demo.SHAPES,
+        {name: phrases for name, (_, phrases) in demo.COLOURS.items()},
+        {name: phrases for name, (_, phrases) in demo.POSITIONS.items()},
+    ]
     backgrounds = {phrase: name for name, (_, phrases) in demo.BACKGROUNDS.items() for phrase in phrases}
     for row, captions in enumerate(train["captions"][:40]):
         stated, rest = [], captions[0]
         for table in tables:  # the longest phrase that starts what is left of the caption
-            value, phrase = max(((v, p) for v, ps in table.items() for p in ps if rest.startswith(p)),
-                                key=lambda pair: len(pair[1]))
+            value, phrase = max(
+                ((v, p) for v, ps in table.items() for p in ps if rest.startswith(p)), key=lambda pair: len(pair[1])
+            )
             stated.append(value)
-            rest = rest[len(phrase):].lstrip()
+            rest = rest[len(phrase) :].lstrip()
         stated.append(backgrounds[rest.removeprefix(", nền ")])
         code = torch.zeros(teacher.dimension)
         offsets = [0, 3, 6, 10, 15]
         for offset, table, value in zip(offsets, [*tables, demo.BACKGROUNDS], stated):
-            code[offset + list(table).index(value)] = 5 ** -0.5
+            code[offset + list(table).index(value)] = 5**-0.5
         torch.testing.assert_close(teacher.image_embeds[row], code)
-        torch.testing.assert_close(teacher.text_embeds[5 * row: 5 * row + 5], code.expand(5, -1))
+        torch.testing.assert_close(teacher.text_embeds[5 * row : 5 * row + 5], code.expand(5, -1))
     noisy = scene_factor_teacher(noise=0.15)
     assert 0.7 < (noisy.image_embeds * teacher.image_embeds).sum(1).mean() < 0.95
 
@@ -354,13 +441,34 @@ def test_ablation_driver_resumes_and_reports(tmp_path, monkeypatch):
     original = reproduce.train_run
     monkeypatch.setattr(reproduce, "train_run", lambda *a: trained.append(a) or original(*a))
     small = tmp_path / "small.yaml"
-    small.write_text(f"base: {REPO / 'configs' / 'demo.yaml'}\ncorpus_options: {{test_size: 16, validation_size: 0}}\n"
-                     "image_size: 32\nvision_model_kwargs: {embed_dim: 32, depth: 1, num_heads: 2, patch_size: 8}\n"
-                     "small_text_tower_kwargs: {hidden_size: 32, num_heads: 2}\nper_device_train_batch_size: 8\n"
-                     "eval_split: null\n")
-    args = ["--config", str(small), "--rows", "CLIP", "ViCLIP-OT, normalised plan", "--teachers", "perfect",
-            "--seeds", "0", "1", "--epochs", "1", "--train-images", "16", "--runs", str(tmp_path / "runs"),
-            "--work-dir", str(tmp_path / "work"), "--output", str(tmp_path / "ablation.md")]
+    small.write_text(
+        f"base: {REPO / 'configs' / 'demo.yaml'}\ncorpus_options: {{test_size: 16, validation_size: 0}}\n"
+        "image_size: 32\nvision_model_kwargs: {embed_dim: 32, depth: 1, num_heads: 2, patch_size: 8}\n"
+        "small_text_tower_kwargs: {hidden_size: 32, num_heads: 2}\nper_device_train_batch_size: 8\n"
+        "eval_split: null\n"
+    )
+    args = [
+        "--config",
+        str(small),
+        "--rows",
+        "CLIP",
+        "ViCLIP-OT, normalised plan",
+        "--teachers",
+        "perfect",
+        "--seeds",
+        "0",
+        "1",
+        "--epochs",
+        "1",
+        "--train-images",
+        "16",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--output",
+        str(tmp_path / "ablation.md"),
+    ]
     reproduce.main(args)
     assert len(trained) == 4 and len(list((tmp_path / "runs").glob("*.json"))) == 4
     reproduce.main(args)
@@ -400,14 +508,37 @@ def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypat
     sscd = tmp_path / "sscd.torchscript.pt"
     torch.jit.script(_Thumbnail()).save(str(sscd))
     teacher = save_small_text_tower(tmp_path / "teacher", ["một con mèo", "hai chiếc xe", "bầu trời xanh"])
-    tiny = {"small_towers": "true", "image_size": "32", "projection_dim": "16",
-            "vision_model_kwargs": '{"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 8}',
-            "small_text_tower_kwargs": '{"hidden_size": 32, "num_heads": 2}', "max_steps": "1",
-            "per_device_train_batch_size": "2", "use_cpu": "true", "bf16": "false", "eval_strategy": "no",
-            "save_strategy": "no", "load_best_model_at_end": "false", "report_to": "none",
-            "dataloader_num_workers": "0", "logging_steps": "1"}
-    args = ["--suite", "paper", "--data-root", str(root), "--work-dir", str(tmp_path / "work"), "--sscd", str(sscd),
-            "--teacher", str(teacher), "--output", str(tmp_path / "paper.md")]
+    tiny = {
+        "small_towers": "true",
+        "image_size": "32",
+        "projection_dim": "16",
+        "vision_model_kwargs": '{"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 8}',
+        "small_text_tower_kwargs": '{"hidden_size": 32, "num_heads": 2}',
+        "max_steps": "1",
+        "per_device_train_batch_size": "2",
+        "use_cpu": "true",
+        "bf16": "false",
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "load_best_model_at_end": "false",
+        "report_to": "none",
+        "dataloader_num_workers": "0",
+        "logging_steps": "1",
+    }
+    args = [
+        "--suite",
+        "paper",
+        "--data-root",
+        str(root),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--sscd",
+        str(sscd),
+        "--teacher",
+        str(teacher),
+        "--output",
+        str(tmp_path / "paper.md"),
+    ]
     for name, value in tiny.items():
         args += ["--train-option", name, value]
     trained = []
@@ -417,14 +548,20 @@ def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypat
 
     assert (root / "dedup" / "ktvic-train.json").is_file() and (root / "dedup" / "ktvic-test.json").is_file()
     assert (tmp_path / "work" / "teachers" / "uit-openviic-train.safetensors").is_file()
-    assert [argv[0].rsplit("/", 1)[-1] for argv in trained] == [f"{name}.yaml" for name in reproduce.PAPER_CONFIGS.values()]
+    assert [argv[0].rsplit("/", 1)[-1] for argv in trained] == [
+        f"{name}.yaml" for name in reproduce.PAPER_CONFIGS.values()
+    ]
     with_teacher = [argv[0].rsplit("/", 1)[-1] for argv in trained if "--teacher_embeddings" in argv]
     assert with_teacher == ["sigrot.yaml", "viclip_ot.yaml", "visiglip_ot.yaml"]
     table = (tmp_path / "paper.md").read_text()
     assert list(results) == list(reproduce.PAPER_CONFIGS)
     for row, evaluations in results.items():
-        assert list(evaluations) == ["UIT-OpenViIC test", "KTVIC train (dedup)", "KTVIC test (dedup)",
-                                     "Crossmodal-3600 vi"]
+        assert list(evaluations) == [
+            "UIT-OpenViIC test",
+            "KTVIC train (dedup)",
+            "KTVIC test (dedup)",
+            "Crossmodal-3600 vi",
+        ]
         uit = evaluations["UIT-OpenViIC test"]["metrics"]["avg_R"]
         published = reproduce.PAPER_AVG_R["UIT-OpenViIC test"].get(row)
         assert f"| {row} | {uit:.2f}" + (f" ({published:.2f})" if published else " |") in table
@@ -440,16 +577,24 @@ def test_options_from_yaml_and_flags(tmp_path):
     from viclip_ot.arguments import parse_arguments
 
     config = tmp_path / "run.yaml"
-    config.write_text("base: " + str(REPO / "configs" / "siglip.yaml") + "\ncorpus_options: {language: vi}\n"
-                      "vision_model_kwargs: {depth: 2}\nbf16: false\n")
+    config.write_text(
+        "base: " + str(REPO / "configs" / "siglip.yaml") + "\ncorpus_options: {language: vi}\n"
+        "vision_model_kwargs: {depth: 2}\nbf16: false\n"
+    )
     model, data, _, _ = parse_arguments([str(config), "--small_text_tower_kwargs", '{"hidden_size": 32}'])
     assert data.corpus_options == {"language": "vi"} and model.small_text_tower_kwargs == {"hidden_size": 32}
     config_kwargs = model.config_kwargs()
     assert config_kwargs["vision_model_kwargs"] == {"depth": 2} and config_kwargs["logit_bias_init_value"] == -10.0
     built = ViCLIPOTConfig(**config_kwargs)
     defaults = ViCLIPOTConfig()
-    for name in ("vision_pooling", "vision_head", "vision_head_dropout", "image_size", "text_projection",
-                 "projection_dim"):
+    for name in (
+        "vision_pooling",
+        "vision_head",
+        "vision_head_dropout",
+        "image_size",
+        "text_projection",
+        "projection_dim",
+    ):
         assert getattr(built, name) == getattr(defaults, name), name
     model, data, _, _ = parse_arguments([str(config), "--corpus_options", '{"language": "en"}'])
     assert data.corpus_options == {"language": "en"} and parse_arguments([])[0].vision_model_kwargs == {}

@@ -29,7 +29,9 @@ def random_teacher(dataset, dimension=24, seed=0):
     return TeacherEmbeddings(
         F.normalize(torch.randn(len(ids), dimension, generator=generator), dim=-1),
         F.normalize(torch.randn(int(counts.sum()), dimension, generator=generator), dim=-1),
-        ids, counts, {"teacher": "random", "corpus_fingerprint": corpus_fingerprint(ids, captions)},
+        ids,
+        counts,
+        {"teacher": "random", "corpus_fingerprint": corpus_fingerprint(ids, captions)},
     )
 
 
@@ -46,13 +48,21 @@ def small_model(folder, captions, dropout=0.0, seed=0):
 
 def make_trainer(model, output_dir, train_dataset=None, teacher=None, loss_type="clip_sigrot", **training_args):
     args = ViCLIPOTTrainingArguments(
-        output_dir=str(output_dir), use_cpu=True, report_to="none", remove_unused_columns=False,
-        per_device_train_batch_size=4, dataloader_num_workers=0, **training_args,
+        output_dir=str(output_dir),
+        use_cpu=True,
+        report_to="none",
+        remove_unused_columns=False,
+        per_device_train_batch_size=4,
+        dataloader_num_workers=0,
+        **training_args,
     )
     # The eval transform keeps batches identical however they are split (augmentation is not under test here).
     collator = ContrastiveCollator(model.processor, model.processor.image_processor.transform, teacher)
     trainer = ViCLIPOTTrainer(
-        model=model, args=args, train_dataset=train_dataset, data_collator=collator,
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=collator,
         loss_fn=ContrastiveOTLoss(loss_type=loss_type),
     )
     trainer.current_gradient_accumulation_steps = 1

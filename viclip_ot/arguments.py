@@ -53,8 +53,10 @@ class ModelArguments:
     text_tower: str = field(default="keepitreal/vietnamese-sbert", metadata={"help": "transformers name or folder."})
     small_towers: bool = field(
         default=False,
-        metadata={"help": "Build small random towers instead (DINOv3 layout; a BERT with a tokenizer trained on the "
-                          "training captions): the demo, or a smoke test."},
+        metadata={
+            "help": "Build small random towers instead (DINOv3 layout; a BERT with a tokenizer trained on the "
+            "training captions): the demo, or a smoke test."
+        },
     )
     small_text_tower_kwargs: dict | str | None = field(
         default=None, metadata={"help": "JSON of save_small_text_tower arguments (hidden_size, num_layers, ...)."}
@@ -83,26 +85,39 @@ class ModelArguments:
 
     def config_kwargs(self):
         """[`ViCLIPOTConfig`] fields set by these arguments."""
-        names = ["vision_model_kwargs", "vision_pooling", "vision_head", "vision_head_dropout", "image_size",
-                 "text_projection", "projection_dim", "logit_scale_init_value", "logit_bias_init_value"]
+        names = [
+            "vision_model_kwargs",
+            "vision_pooling",
+            "vision_head",
+            "vision_head_dropout",
+            "image_size",
+            "text_projection",
+            "projection_dim",
+            "logit_scale_init_value",
+            "logit_bias_init_value",
+        ]
         names += [name for name in ("text_pooling", "vision_model_name") if getattr(self, name)]
         return {name: getattr(self, name) for name in names}
 
 
 @dataclass
 class DataArguments:
-    dataset: str = field(default="uit-openviic", metadata={"help": "uit-openviic, ktvic, crossmodal3600, json or demo."})
+    dataset: str = field(
+        default="uit-openviic", metadata={"help": "uit-openviic, ktvic, crossmodal3600, json or demo."}
+    )
     data_dir: str | None = field(default=None, metadata={"help": "The corpus folder; --data_dir '' unsets a config's."})
     train_split: str = "train"
     eval_split: str | None = field(default="validation", metadata={"help": "Split for validation (none: skip)."})
     test_split: str | None = field(default=None, metadata={"help": "Split evaluated before and after training."})
     corpus_options: dict | str | None = field(
-        default=None, metadata={"help": "JSON of corpus options, e.g. {\"language\": \"vi\"}."}
+        default=None, metadata={"help": 'JSON of corpus options, e.g. {"language": "vi"}.'}
     )
     teacher_embeddings: str | None = field(default=None, metadata={"help": "Teacher file of the train split."})
     max_train_images: int | None = None
     max_eval_images: int | None = None
-    horizontal_flip: bool = field(default=True, metadata={"help": "Flip training images (off when captions say left/right)."})
+    horizontal_flip: bool = field(
+        default=True, metadata={"help": "Flip training images (off when captions say left/right)."}
+    )
 
     def __post_init__(self):
         parse_json_options(self, ("corpus_options",))
@@ -138,8 +153,10 @@ class LossArguments:
     )
     normalise_plan: bool = field(
         default=False,
-        metadata={"help": "KL between the row-normalised plan and the prior (default: the paper's generalised KL of "
-                          "the plan itself, which an empty or full plan can game)."},
+        metadata={
+            "help": "KL between the row-normalised plan and the prior (default: the paper's generalised KL of "
+            "the plan itself, which an empty or full plan can game)."
+        },
     )
     detach_plan: bool = field(default=False, metadata={"help": "Stop gradients through the Sinkhorn iterations."})
 
@@ -149,14 +166,18 @@ class ViCLIPOTTrainingArguments(TrainingArguments):
     head_learning_rate: float = field(default=2e-4, metadata={"help": "Learning rate of heads, logit scale and bias."})
     gradcache_chunk_size: int | None = field(
         default=None,
-        metadata={"help": "Images per chunk of gradient caching (a contrastive batch is per_device_train_batch_size "
-                          "images on every process); none: encode the batch at once."},
+        metadata={
+            "help": "Images per chunk of gradient caching (a contrastive batch is per_device_train_batch_size "
+            "images on every process); none: encode the batch at once."
+        },
     )
     warmup_start_factor: float = field(default=0.01, metadata={"help": "Warm-up starts at this fraction of the lr."})
     freeze_image_blocks: int = field(
         default=0,
-        metadata={"help": "Freeze the image tower's stem and first N layer groups (timm's group_matcher: a ViT's "
-                          "blocks, a ConvNeXt's blocks with their downsampling)."},
+        metadata={
+            "help": "Freeze the image tower's stem and first N layer groups (timm's group_matcher: a ViT's "
+            "blocks, a ConvNeXt's blocks with their downsampling)."
+        },
     )
     freeze_text_tower: bool = False
 

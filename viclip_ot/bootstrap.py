@@ -63,8 +63,9 @@ def weighted_metrics(stats, weights, ks=(1, 5, 10)) -> dict[str, np.ndarray]:
     return out
 
 
-def bootstrap_intervals(image_embeds, text_embeds, caption_image_index, samples=1000, seed=0, ks=(1, 5, 10),
-                        chunk=250) -> dict[str, list[float]]:
+def bootstrap_intervals(
+    image_embeds, text_embeds, caption_image_index, samples=1000, seed=0, ks=(1, 5, 10), chunk=250
+) -> dict[str, list[float]]:
     """95 % percentile intervals over `samples` resamples of the images (with replacement, with all their
     captions): `{"<metric>_ci95": [low, high]}` for every metric of `weighted_metrics`. `chunk` resamples are
     drawn and scored at a time."""

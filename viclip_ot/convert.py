@@ -140,8 +140,10 @@ def load_authors_model(source, text_tower=None, vision_model=None):
         text_tower = text_tower or release["text_config"]["model_name"]
         vision = release["vision_config"]
         vision_model = vision_model or vision["model_name"]
-        config_kwargs = {"vision_pooling": vision.get("pool", "avg"),
-                         "vision_head_dropout": vision.get("proj_dropout_rate", 0.0)}
+        config_kwargs = {
+            "vision_pooling": vision.get("pool", "avg"),
+            "vision_head_dropout": vision.get("proj_dropout_rate", 0.0),
+        }
     state_dict = rename_authors_state_dict(state_dict)
     architecture, model_args = image_tower_settings(vision_model)
     processor = ViCLIPOTProcessor.from_text_tower(text_tower)
@@ -176,10 +178,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="the authors' release (Hub id or folder) or training checkpoint (.pth)")
     parser.add_argument("output_dir")
-    parser.add_argument("--text-tower", help="Hub id or folder (default: the one the release names; "
-                        "keepitreal/vietnamese-sbert for a .pth)")
-    parser.add_argument("--vision-model", help="timm architecture, timm Hub id or folder (default: the release's; "
-                        "vit_base_patch16_dinov3 for a .pth)")
+    parser.add_argument(
+        "--text-tower",
+        help="Hub id or folder (default: the one the release names; keepitreal/vietnamese-sbert for a .pth)",
+    )
+    parser.add_argument(
+        "--vision-model",
+        help="timm architecture, timm Hub id or folder (default: the release's; vit_base_patch16_dinov3 for a .pth)",
+    )
     args = parser.parse_args(argv)
     try:
         convert(args.source, args.output_dir, args.text_tower, args.vision_model)

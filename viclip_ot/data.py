@@ -87,10 +87,11 @@ def gradcache_chunks(inputs, chunk_size):
     chunks = []
     for index, captions in enumerate(torch.tensor_split(caption_order, n_chunks)):
         input_ids, attention_mask = trim_padding(inputs["input_ids"][captions], inputs["attention_mask"][captions])
-        chunks.append({
-            "pixel_values": inputs["pixel_values"][index * chunk_size : (index + 1) * chunk_size],
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-        })
+        chunks.append(
+            {
+                "pixel_values": inputs["pixel_values"][index * chunk_size : (index + 1) * chunk_size],
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+            }
+        )
     return chunks, caption_order
-

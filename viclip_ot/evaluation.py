@@ -38,8 +38,12 @@ def encode_corpus(encoder, dataset, batch_size=64, accelerator=None, show_progre
         for start in tqdm(mine, desc=desc, disable=not show, unit="batch"):
             rows = dataset[start : start + batch_size]
             captions = [caption for row_captions in rows["captions"] for caption in row_captions]
-            parts.append((encoder.encode_image(rows["image"], batch_size=batch_size),
-                          encoder.encode_text(captions, batch_size=batch_size)))
+            parts.append(
+                (
+                    encoder.encode_image(rows["image"], batch_size=batch_size),
+                    encoder.encode_text(captions, batch_size=batch_size),
+                )
+            )
     if accelerator is not None and accelerator.num_processes > 1:
         parts = gather_object(parts)  # the processes' shares are consecutive: this is batch order
     counts = torch.tensor([len(captions) for captions in dataset.select_columns(["captions"])["captions"]])
@@ -100,7 +104,9 @@ def paper_suite(data_root, ktvic_train_dedup=None, ktvic_test_dedup=None) -> lis
             )
     return [
         EvalSet("UIT-OpenViIC test", "uit-openviic", str(root / "uit-openviic")),
-        *(EvalSet(f"KTVIC {split} (dedup)", "ktvic", str(root / "ktvic"), split, str(report))
-          for split, report in reports.items()),
+        *(
+            EvalSet(f"KTVIC {split} (dedup)", "ktvic", str(root / "ktvic"), split, str(report))
+            for split, report in reports.items()
+        ),
         EvalSet("Crossmodal-3600 vi", "crossmodal3600", str(root / "crossmodal3600"), options={"language": "vi"}),
     ]

@@ -39,8 +39,9 @@ class RandomState:
             yield
 
 
-def cached_backward(encode, chunks, loss_fn, loss_parameters, backward=torch.autograd.backward,
-                    no_sync=contextlib.nullcontext):
+def cached_backward(
+    encode, chunks, loss_fn, loss_parameters, backward=torch.autograd.backward, no_sync=contextlib.nullcontext
+):
     """Back-propagate `loss_fn(all chunk embeddings, parameter leaves)` through `encode`, one chunk at a time.
 
     Args:

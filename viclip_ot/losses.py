@@ -61,8 +61,9 @@ GRAPH_STRATEGIES = ("cross_modality", "arithmetic_mean", "harmonic_mean", "capti
 
 
 @full_precision
-def unbalanced_sinkhorn(cost, reg, reg_m, a=None, b=None, max_iter=200, tol=1e-6, check_every=10, detach_plan=False,
-                        return_converged=False):
+def unbalanced_sinkhorn(
+    cost, reg, reg_m, a=None, b=None, max_iter=200, tol=1e-6, check_every=10, detach_plan=False, return_converged=False
+):
     """The entropic unbalanced transport plan that `ot.unbalanced.sinkhorn_unbalanced(a, b, cost, reg, reg_m,
     reg_type="kl")` computes:
 
@@ -150,8 +151,10 @@ class _ScalingIterations(torch.autograd.Function):
             torch.mv(kernel.T, u[t], out=ktu[t])
             torch.sub(b_term, ktu[t].clamp_min(tiny).log(), alpha=fi, out=log_v[steps]).clamp_(-bound, bound)
             if tol is not None and steps % check_every == 0:
-                error = (_pot_error(alpha + log_u[t], alpha + log_u[steps])
-                         + _pot_error(beta + log_v[t], beta + log_v[steps])) / 2
+                error = (
+                    _pot_error(alpha + log_u[t], alpha + log_u[steps])
+                    + _pot_error(beta + log_v[t], beta + log_v[steps])
+                ) / 2
                 drift = torch.cat([log_u[steps], log_v[steps]]).abs().max()
                 error, drift = torch.stack([error, drift]).tolist()  # the one host synchronisation
                 if not drift < bound / 2 or error < tol:
@@ -262,8 +265,17 @@ def sigrot_divergence(plan, graph, prior_scale, normalise_plan=False):
 
 
 @full_precision
-def sigrot_loss(image_embeds, text_embeds, caption_image_index, graph, prior_scale, reg=0.05, reg_m=0.5,
-                normalise_plan=False, **sinkhorn_options):
+def sigrot_loss(
+    image_embeds,
+    text_embeds,
+    caption_image_index,
+    graph,
+    prior_scale,
+    reg=0.05,
+    reg_m=0.5,
+    normalise_plan=False,
+    **sinkhorn_options,
+):
     """SIGROT: the generalised KL from the similarity-graph prior to the student's transport plan, both directions.
 
     T = N P*, P* = `unbalanced_sinkhorn(C, reg, reg_m)` of C_ij = 1 - x_i . y_j over caption rows (rows: each row's
@@ -294,14 +306,17 @@ def sigrot_loss(image_embeds, text_embeds, caption_image_index, graph, prior_sca
 def _uot_soft_target_of_plan(logits, plan, siglip):
     """The "+ UOT" loss of logits with the constant plan T as soft targets (see `uot_soft_target_loss`)."""
     if not siglip:
-        return (F.cross_entropy(logits, _rows_summing_to_one(plan))
-                + F.cross_entropy(logits.T, _rows_summing_to_one(plan.T))) / 2
+        return (
+            F.cross_entropy(logits, _rows_summing_to_one(plan))
+            + F.cross_entropy(logits.T, _rows_summing_to_one(plan.T))
+        ) / 2
     return F.binary_cross_entropy_with_logits(logits, plan.clamp(0, 1), reduction="sum") / logits.shape[0]
 
 
 @full_precision
-def uot_soft_target_loss(image_embeds, text_embeds, caption_image_index, scale, bias=None, reg=0.05, reg_m=0.5,
-                         **sinkhorn_options):
+def uot_soft_target_loss(
+    image_embeds, text_embeds, caption_image_index, scale, bias=None, reg=0.05, reg_m=0.5, **sinkhorn_options
+):
     """The "CLIP + UOT" (no `bias`) and "SigLIP + UOT" (with it) baselines: the student's own plan as soft targets in
     place of the multi-positive ones.
 
@@ -419,9 +434,22 @@ class ContrastiveOTLoss(nn.Module):
     (or, for `clip` and `siglip`, on a plan computed without gradient with the same options).
     """
 
-    def __init__(self, loss_type="clip_sigrot", contrastive_weight=0.1, ot_reg=0.05, ot_reg_m=0.5, ot_max_iter=200,
-                 ot_tol=1e-6, ot_check_every=10, graph_strategy="cross_modality", prior_temperature=None,
-                 detach_prior_scale=False, normalise_plan=False, detach_plan=False, gather_distributed=True):
+    def __init__(
+        self,
+        loss_type="clip_sigrot",
+        contrastive_weight=0.1,
+        ot_reg=0.05,
+        ot_reg_m=0.5,
+        ot_max_iter=200,
+        ot_tol=1e-6,
+        ot_check_every=10,
+        graph_strategy="cross_modality",
+        prior_temperature=None,
+        detach_prior_scale=False,
+        normalise_plan=False,
+        detach_plan=False,
+        gather_distributed=True,
+    ):
         super().__init__()
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {list(LOSS_TYPES)}")
@@ -432,12 +460,24 @@ class ContrastiveOTLoss(nn.Module):
         self.detach_prior_scale, self.normalise_plan = detach_prior_scale, normalise_plan
         self.gather_distributed = gather_distributed
         self.ot_options = {
-            "reg": ot_reg, "reg_m": ot_reg_m, "max_iter": ot_max_iter, "tol": ot_tol, "check_every": ot_check_every,
+            "reg": ot_reg,
+            "reg_m": ot_reg_m,
+            "max_iter": ot_max_iter,
+            "tol": ot_tol,
+            "check_every": ot_check_every,
         }
         self.detach_plan = detach_plan
 
-    def forward(self, image_embeds, text_embeds, caption_image_index, scale, bias=None, teacher_image_embeds=None,
-                teacher_text_embeds=None) -> LossOutput:
+    def forward(
+        self,
+        image_embeds,
+        text_embeds,
+        caption_image_index,
+        scale,
+        bias=None,
+        teacher_image_embeds=None,
+        teacher_text_embeds=None,
+    ) -> LossOutput:
         """image_embeds (B, d) per unique image, text_embeds (N, d), caption_image_index (N,), `scale` the scale s
         (not its log), `bias` b (SigLIP types), teacher embeddings (B, d_t) and (N, d_t) (SIGROT types)."""
         kind = self.kind
@@ -450,12 +490,20 @@ class ContrastiveOTLoss(nn.Module):
                 image_embeds, text_embeds, caption_image_index, teacher_image_embeds, teacher_text_embeds
             )
         check_caption_image_index(caption_image_index, image_embeds.shape[0], text_embeds.shape[0])
-        return self._combine(image_embeds, text_embeds, caption_image_index, scale, bias if kind.needs_bias else None,
-                             teacher_image_embeds, teacher_text_embeds)
+        return self._combine(
+            image_embeds,
+            text_embeds,
+            caption_image_index,
+            scale,
+            bias if kind.needs_bias else None,
+            teacher_image_embeds,
+            teacher_text_embeds,
+        )
 
     @full_precision
-    def _combine(self, image_embeds, text_embeds, caption_image_index, scale, bias, teacher_image_embeds,
-                 teacher_text_embeds):
+    def _combine(
+        self, image_embeds, text_embeds, caption_image_index, scale, bias, teacher_image_embeds, teacher_text_embeds
+    ):
         kind, batch = self.kind, (image_embeds, text_embeds, caption_image_index)
         with torch.set_grad_enabled(torch.is_grad_enabled() and kind.transport == "sigrot" and not self.detach_plan):
             plan, converged = _caption_row_plan(*batch, **self.ot_options, return_converged=True)

@@ -214,7 +214,15 @@ def _alignment_and_gap(x, y, idx, positive_scores):
 
 
 TABLE_COLUMNS = (
-    "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "avg_R", "alignment", "modality_gap"
+    "i2t_R@1",
+    "i2t_R@5",
+    "i2t_R@10",
+    "t2i_R@1",
+    "t2i_R@5",
+    "t2i_R@10",
+    "avg_R",
+    "alignment",
+    "modality_gap",
 )
 
 

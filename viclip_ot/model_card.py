@@ -80,8 +80,19 @@ def hub_id(tower):
     return tower
 
 
-def write_model_card(folder, model_config, *, repo_id=None, model_name=None, results=None, dataset_name=None,
-                     split="test", training_config=None, base_models=(), license="gpl-3.0"):
+def write_model_card(
+    folder,
+    model_config,
+    *,
+    repo_id=None,
+    model_name=None,
+    results=None,
+    dataset_name=None,
+    split="test",
+    training_config=None,
+    base_models=(),
+    license="gpl-3.0",
+):
     """Write `folder/README.md`; `results` are `retrieval_metrics` keys (without an `eval_` prefix), in percent.
 
     The title is `model_name` (default: the repository's name); `base_models` are the towers as given to
@@ -90,8 +101,13 @@ def write_model_card(folder, model_config, *, repo_id=None, model_name=None, res
     model_name = model_name or (repo_id.split("/")[-1] if repo_id else "ViCLIP-OT")
     eval_results = [
         EvalResult(
-            task_type="image-text-retrieval", dataset_type=dataset_name or "unknown", dataset_name=dataset_name or "unknown",
-            dataset_split=split, metric_type="recall", metric_name=key, metric_value=round(float(results[key]), 2),
+            task_type="image-text-retrieval",
+            dataset_type=dataset_name or "unknown",
+            dataset_name=dataset_name or "unknown",
+            dataset_split=split,
+            metric_type="recall",
+            metric_name=key,
+            metric_value=round(float(results[key]), 2),
         )
         for key in RECALL_KEYS
         if results and key in results

@@ -20,8 +20,9 @@ def project_2d(points, seed=0):
         centred = points - points.mean(0)
         _, _, components = np.linalg.svd(centred, full_matrices=False)
         return centred @ components[:2].T, "PCA"
-    projection = umap.UMAP(n_components=2, metric="cosine", n_neighbors=min(15, len(points) - 1), init="pca",
-                           random_state=seed)
+    projection = umap.UMAP(
+        n_components=2, metric="cosine", n_neighbors=min(15, len(points) - 1), init="pca", random_state=seed
+    )
     return projection.fit_transform(points), "UMAP"
 
 

@@ -87,8 +87,16 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def make_faiss_index(index_type: str, dim: int, num_vectors: int, nlist: int | None = None, nprobe: int | None = None,
-                     hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 64) -> faiss.Index:
+def make_faiss_index(
+    index_type: str,
+    dim: int,
+    num_vectors: int,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    hnsw_m: int = 32,
+    ef_construction: int = 80,
+    ef_search: int = 64,
+) -> faiss.Index:
     """An empty inner-product FAISS index (cosine similarity of unit vectors).
 
     - `flat`: exact search.
@@ -120,8 +128,9 @@ def train_faiss_index(index: faiss.Index, vectors) -> faiss.Index:
     return index
 
 
-def add_faiss_index(dataset: datasets.Dataset, index_type: str = "flat", column: str = "embedding",
-                    **index_options) -> datasets.Dataset:
+def add_faiss_index(
+    dataset: datasets.Dataset, index_type: str = "flat", column: str = "embedding", **index_options
+) -> datasets.Dataset:
     """Attach a trained [`make_faiss_index`] index of `dataset[column]` (named `column`) through `datasets`' FAISS
     integration, which adds the vectors."""
     index = make_faiss_index(index_type, dataset.features[column].length, len(dataset), **index_options)
@@ -195,8 +204,15 @@ class ImageIndex:
     # ------------------------------------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, model, folder: str | Path, batch_size: int = 32, index_type: str = "flat",
-              show_progress_bar: bool = True, **index_options) -> ImageIndex:
+    def build(
+        cls,
+        model,
+        folder: str | Path,
+        batch_size: int = 32,
+        index_type: str = "flat",
+        show_progress_bar: bool = True,
+        **index_options,
+    ) -> ImageIndex:
         """Encode every image under `folder` (recursively) with `model`. Unreadable files are skipped with one
         warning; a folder without readable images is an error. Under `accelerate launch` each process encodes a
         share and every process gets the whole index."""
@@ -219,7 +235,9 @@ class ImageIndex:
 
         state = PartialState()
         with state.split_between_processes(todo) as share:
-            encoded = encode_files(model, self.root, share, batch_size, show_progress_bar and state.is_local_main_process)
+            encoded = encode_files(
+                model, self.root, share, batch_size, show_progress_bar and state.is_local_main_process
+            )
         shares = gather_object([encoded])
         embeddings = dict(zip([p for kept, _, _ in shares for p in kept], np.concatenate([e for _, e, _ in shares])))
         if state.is_main_process:
@@ -313,9 +331,14 @@ class ImageIndex:
             finally:
                 self.dataset.load_faiss_index("embedding", temporary / FAISS_FILE)
             metadata = {
-                "format_version": FORMAT_VERSION, "root": str(self.root), "model": self.model_name,
-                "model_fingerprint": self.fingerprint, "index_type": self.index_type,
-                "index_options": self.index_options, "num_images": len(self), "dimension": self.dimension,
+                "format_version": FORMAT_VERSION,
+                "root": str(self.root),
+                "model": self.model_name,
+                "model_fingerprint": self.fingerprint,
+                "index_type": self.index_type,
+                "index_options": self.index_options,
+                "num_images": len(self),
+                "dimension": self.dimension,
             }
             (temporary / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False))
             if folder.exists():
@@ -343,20 +366,28 @@ class ImageIndex:
             raise ValueError(f"{folder} has index format {metadata.get('format_version')}, expected {FORMAT_VERSION}")
         dataset = datasets.load_from_disk(str(folder / ROWS_FOLDER))
         dataset.load_faiss_index("embedding", folder / FAISS_FILE)
-        index = cls(dataset, metadata["root"], metadata["model_fingerprint"], metadata["index_type"],
-                    metadata["index_options"], model_name=metadata["model"])
+        index = cls(
+            dataset,
+            metadata["root"],
+            metadata["model_fingerprint"],
+            metadata["index_type"],
+            metadata["index_options"],
+            model_name=metadata["model"],
+        )
         if model is not None:
             index._checked_model(model)
         return index
 
 
 def _features(dim: int) -> datasets.Features:
-    return datasets.Features({
-        "path": datasets.Value("string"),
-        "size": datasets.Value("int64"),
-        "mtime_ns": datasets.Value("int64"),
-        "embedding": datasets.List(datasets.Value("float32"), length=dim),
-    })
+    return datasets.Features(
+        {
+            "path": datasets.Value("string"),
+            "size": datasets.Value("int64"),
+            "mtime_ns": datasets.Value("int64"),
+            "embedding": datasets.List(datasets.Value("float32"), length=dim),
+        }
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -401,8 +432,16 @@ def parse_args(argv):
 def run_index(args) -> None:
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # `accelerate launch --cpu` sets it
     model = load_model(args.model, state.device)
-    options = {key: value for key, value in {"nlist": args.nlist, "nprobe": args.nprobe, "hnsw_m": args.hnsw_m,
-                                             "ef_search": args.ef_search}.items() if value is not None}
+    options = {
+        key: value
+        for key, value in {
+            "nlist": args.nlist,
+            "nprobe": args.nprobe,
+            "hnsw_m": args.hnsw_m,
+            "ef_search": args.ef_search,
+        }.items()
+        if value is not None
+    }
     images = Path(args.images).resolve()
     if (Path(args.output) / METADATA_FILE).is_file():
         index = ImageIndex.load(args.output, model)

@@ -12,7 +12,13 @@ from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
 
 from configuration_viclip_ot import ViCLIPOTConfig
 
-SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+SPECIAL_TOKENS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
 
 
 def train_tokenizer(texts, vocab_size=1000, model_max_length=64) -> PreTrainedTokenizerFast:
@@ -29,14 +35,24 @@ def train_tokenizer(texts, vocab_size=1000, model_max_length=64) -> PreTrainedTo
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
     tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, pre_tokenizer
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length, **SPECIAL_TOKENS)
 
 
-def save_small_text_tower(folder, texts, model_type="bert", hidden_size=32, num_layers=2, num_heads=2,
-                          max_length=64, vocab_size=1000, dropout=0.1):
+def save_small_text_tower(
+    folder,
+    texts,
+    model_type="bert",
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    max_length=64,
+    vocab_size=1000,
+    dropout=0.1,
+):
     """Write a randomly initialised BERT/RoBERTa text tower and its freshly trained tokenizer to `folder`."""
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size, model_max_length=max_length)
     # RoBERTa's positions start after the padding index, so it needs pad_token_id + 1 extra positions.
@@ -61,8 +77,13 @@ def save_small_text_tower(folder, texts, model_type="bert", hidden_size=32, num_
 
 def small_image_tower_kwargs(embed_dim=32, depth=2, num_heads=2, image_size=32, drop_path_rate=0.0):
     """timm keyword arguments that shrink `vit_small_patch16_dinov3` while keeping the DINOv3 layout."""
-    return {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "img_size": image_size,
-            "drop_path_rate": drop_path_rate}
+    return {
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "num_heads": num_heads,
+        "img_size": image_size,
+        "drop_path_rate": drop_path_rate,
+    }
 
 
 def small_config(text_folder, image_size=32, projection_dim=16, **overrides) -> ViCLIPOTConfig:

@@ -40,8 +40,12 @@ def collapse_signs(diagnostics):
     matched, unmatched = diagnostics.get("matched_cosine"), diagnostics.get("unmatched_cosine")
     if matched is not None and matched < COLLAPSE_MIN_MATCHED_COSINE:
         signs.append(f"matched pairs are anti-aligned (mean cosine {matched:.2f})")
-    if (matched is not None and unmatched is not None and matched - unmatched < COLLAPSE_MIN_COSINE_MARGIN
-            and unmatched > COLLAPSE_MAX_UNMATCHED_COSINE):
+    if (
+        matched is not None
+        and unmatched is not None
+        and matched - unmatched < COLLAPSE_MIN_COSINE_MARGIN
+        and unmatched > COLLAPSE_MAX_UNMATCHED_COSINE
+    ):
         signs.append(f"all pairs are about as similar (mean cosines {matched:.2f} matched, {unmatched:.2f} unmatched)")
     mass = diagnostics.get("plan_row_mass")
     if mass is not None and mass < COLLAPSE_MIN_PLAN_ROW_MASS:
@@ -126,7 +130,11 @@ class ViCLIPOTTrainer(Trainer):
         """The configured loss of the contrastive batch spanning all processes (`logit_scale`: the model's parameter,
         the log of the scale); its terms and diagnostics are summed for the next log."""
         result = self.loss_fn(
-            image_embeds, text_embeds, inputs["caption_image_index"], logit_scale.float().exp(), logit_bias,
+            image_embeds,
+            text_embeds,
+            inputs["caption_image_index"],
+            logit_scale.float().exp(),
+            logit_bias,
             teacher_image_embeds=inputs.get("teacher_image_embeds"),
             teacher_text_embeds=inputs.get("teacher_text_embeds"),
         )
@@ -142,8 +150,9 @@ class ViCLIPOTTrainer(Trainer):
         return [model.logit_scale] + ([model.logit_bias] if model.logit_bias is not None else [])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-                        attention_mask=inputs["attention_mask"])
+        outputs = model(
+            pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        )
         scale, *bias = self._scale_parameters()
         loss = self._batch_loss(outputs.image_embeds, outputs.text_embeds, inputs, scale, bias[0] if bias else None)
         return (loss, outputs) if return_outputs else loss
@@ -165,11 +174,16 @@ class ViCLIPOTTrainer(Trainer):
         def loss_fn(cached, leaves):
             image_embeds = torch.cat([images for images, _ in cached])
             text_embeds = torch.cat([texts for _, texts in cached])[caption_order.argsort()]
-            loss = self._batch_loss(image_embeds, text_embeds, inputs, leaves[0], leaves[1] if len(leaves) > 1 else None)
+            loss = self._batch_loss(
+                image_embeds, text_embeds, inputs, leaves[0], leaves[1] if len(leaves) > 1 else None
+            )
             return loss / self.current_gradient_accumulation_steps, None
 
         loss, _ = cached_backward(
-            encode, chunks, loss_fn, self._scale_parameters(),
+            encode,
+            chunks,
+            loss_fn,
+            self._scale_parameters(),
             backward=self.accelerator.backward,
             no_sync=model.no_sync if hasattr(model, "no_sync") else contextlib.nullcontext,
         )
@@ -253,7 +267,10 @@ class ViCLIPOTTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         with self.accelerator.autocast():
             encoded = encode_corpus(
-                model, dataset, batch_size=self.args.per_device_eval_batch_size, accelerator=self.accelerator,
+                model,
+                dataset,
+                batch_size=self.args.per_device_eval_batch_size,
+                accelerator=self.accelerator,
                 desc=f"{metric_key_prefix}: encoding",
             )
         metrics = retrieval_metrics(encoded.image_embeds, encoded.text_embeds, encoded.caption_image_index)
@@ -275,11 +292,17 @@ class ViCLIPOTTrainer(Trainer):
         evaluations = [entry for entry in self.state.log_history if "eval_t2i_R@1" in entry]
         results = None
         if evaluations:
-            results = {key.removeprefix("eval_"): value for key, value in evaluations[-1].items() if key.startswith("eval_")}
+            results = {
+                key.removeprefix("eval_"): value for key, value in evaluations[-1].items() if key.startswith("eval_")
+            }
         write_model_card(
-            folder, model.config, repo_id=self.hub_model_id if self.args.push_to_hub else None,
+            folder,
+            model.config,
+            repo_id=self.hub_model_id if self.args.push_to_hub else None,
             model_name=Path(self.hub_model_id if self.args.push_to_hub else self.args.output_dir).name,
-            results=results, dataset_name=self.eval_dataset_name, split="validation",
+            results=results,
+            dataset_name=self.eval_dataset_name,
+            split="validation",
             training_config=self.training_config,
             base_models=self.training_config.get("base_models", ()),
         )
