@@ -150,6 +150,9 @@ class ViCLIPOTTrainer(Trainer):
         return [model.logit_scale] + ([model.logit_bias] if model.logit_bias is not None else [])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # The forward's logits go unread, but they keep the logit scale (and bias) inside its autograd graph: DDP,
+        # which transformers sets to find unused parameters, would otherwise mark the scale unused at the forward
+        # and then fail when the loss's gradient reaches it ("mark a variable ready only once").
         outputs = model(
             pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
         )
