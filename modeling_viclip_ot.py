@@ -117,6 +117,9 @@ class ViCLIPOTOutput(ModelOutput):
     image_embeds (`torch.FloatTensor` of shape `(num_images, projection_dim)`): L2-normalised image embeddings.
     text_model_output, vision_model_output (`BaseModelOutputWithPooling`): the towers' outputs; `pooler_output`
         holds the projected, not yet normalised, embeddings.
+    scale (`torch.FloatTensor`, 0-d): the scale s = exp(logit_scale) the logits use; bias: the logit bias of a
+        SigLIP model (the parameter itself; `None` without one). A training loss takes both from here, so that they
+        are part of the forward's graph (what DDP's unused-parameter detection sees).
     """
 
     loss: torch.FloatTensor | None = None
@@ -126,6 +129,8 @@ class ViCLIPOTOutput(ModelOutput):
     image_embeds: torch.FloatTensor | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
+    scale: torch.FloatTensor | None = None
+    bias: torch.FloatTensor | None = None
 
     def to_tuple(self) -> tuple[Any]:
         return tuple(
@@ -339,6 +344,7 @@ class ViCLIPOTModel(PreTrainedModel):
         token_type_ids=None,
         caption_image_index=None,
         return_loss=None,
+        return_logits=True,
         return_dict=None,
     ) -> ViCLIPOTOutput:
         r"""
@@ -346,6 +352,8 @@ class ViCLIPOTModel(PreTrainedModel):
             `pixel_values`) each caption describes; defaults to caption k <-> image k.
         return_loss (`bool`, *optional*): compute the multi-positive CLIP loss (SigLIP for a model with a
             logit bias).
+        return_logits (`bool`, *optional*, defaults to `True`): build the caption x image logits (a training step
+            that computes its own loss from the embeddings and the output's `scale` and `bias` skips them).
 
         With only `pixel_values` (or only `input_ids`) just that side is encoded: the output holds its embeddings
         and no logits (what the `image-feature-extraction` pipeline calls).
@@ -359,8 +367,9 @@ class ViCLIPOTModel(PreTrainedModel):
         if input_ids is not None:
             text_outputs = self.get_text_features(input_ids, attention_mask, token_type_ids)
             text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
-        if image_embeds is not None and text_embeds is not None:
-            logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.T
+        scale = self.logit_scale.exp()
+        if image_embeds is not None and text_embeds is not None and (return_logits or return_loss):
+            logits_per_text = scale * text_embeds @ image_embeds.T
             if self.logit_bias is not None:
                 logits_per_text = logits_per_text + self.logit_bias
         if return_loss:
@@ -375,6 +384,8 @@ class ViCLIPOTModel(PreTrainedModel):
             image_embeds=image_embeds,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
+            scale=scale,
+            bias=self.logit_bias,
         )
         return output if return_dict is not False else output.to_tuple()
 

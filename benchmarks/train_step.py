@@ -221,23 +221,24 @@ class Step:
                 synchronize(self.args.device)
                 marks["replay"] = time.perf_counter()
             outputs = self.forward(chunk["pixel_values"], chunk)
-            return outputs.image_embeds, outputs.text_embeds
+            return outputs.image_embeds, outputs.text_embeds, self.model.logit_scale
 
-        def loss_function(cached, leaves):
+        def loss_function(cached):
             synchronize(self.args.device)
             marks["loss"] = time.perf_counter()
-            image_embeds = torch.cat([images for images, _ in cached])
-            text_embeds = torch.cat([texts for _, texts in cached])[caption_order.argsort()]
+            image_embeds = torch.cat([outputs[0] for outputs in cached])
+            text_embeds = torch.cat([outputs[1] for outputs in cached])[caption_order.argsort()]
+            logit_scale = cached[-1][2]
             if capture is not None:
                 capture.update(
                     image_embeds=image_embeds.detach().clone(),
                     text_embeds=text_embeds.detach().clone(),
-                    logit_scale=leaves[0].detach().clone(),
+                    logit_scale=logit_scale.detach().clone(),
                 )
-            return project_loss(self.loss_fn, image_embeds, text_embeds, batch, leaves[0]), None
+            return project_loss(self.loss_fn, image_embeds, text_embeds, batch, logit_scale), None
 
         chunks, caption_order = gradcache_chunks(batch, chunk_size)
-        cached_backward(encode, chunks, loss_function, [self.model.logit_scale])
+        cached_backward(encode, chunks, loss_function)
         synchronize(self.args.device)
         end = time.perf_counter()
         self.phases = {

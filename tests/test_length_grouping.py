@@ -69,12 +69,14 @@ def test_grouped_cached_step_equals_the_plain_full_batch_step(batch_and_model):
 
     model.zero_grad()
     expected_loss = trainer._batch_loss(
-        whole.image_embeds, whole.text_embeds, batch, model.logit_scale, model.logit_bias
+        whole.image_embeds, whole.text_embeds, batch, model.logit_scale.exp(), model.logit_bias
     )
     outputs = model(
         pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     )
-    loss = trainer._batch_loss(outputs.image_embeds, outputs.text_embeds, batch, model.logit_scale, model.logit_bias)
+    loss = trainer._batch_loss(
+        outputs.image_embeds, outputs.text_embeds, batch, model.logit_scale.exp(), model.logit_bias
+    )
     loss.backward()
     expected = gradients(model)
     model.zero_grad()

@@ -191,6 +191,21 @@ def test_forward_logits_and_clip_loss_by_hand(make_model, photos):
     assert out.loss.item() == pytest.approx(np.mean(losses), abs=1e-5)
 
 
+def test_forward_without_logits_gives_the_scale_and_bias_it_uses(make_model, photos):
+    """`return_logits=False` (the training step) builds no logits; the output's `scale` is exp(logit_scale) inside the
+    forward's graph (gradients reach the parameter through it) and `bias` the model's bias."""
+    model = make_model(logit_bias_init_value=-10.0)
+    inputs = model.processor(text=CAPTIONS[:3], images=photos[:3])
+    out = model(**inputs, return_logits=False)
+    assert out.logits_per_text is None and out.logits_per_image is None and out.text_embeds.shape[0] == 3
+    assert out.scale.item() == pytest.approx(np.exp(model.config.logit_scale_init_value))
+    assert out.bias is model.logit_bias
+    out.scale.backward()
+    assert model.logit_scale.grad.item() == pytest.approx(out.scale.item())
+    with_logits = model(**inputs)
+    torch.testing.assert_close(with_logits.logits_per_text, out.scale * out.text_embeds @ out.image_embeds.T + out.bias)
+
+
 def test_siglip_loss_by_hand(make_model, photos):
     model = make_model(logit_bias_init_value=-10.0, logit_scale_init_value=float(np.log(10)))
     captions = CAPTIONS + ["con mèo"]

@@ -37,7 +37,7 @@ def _plain_gradients(model, trainer, batch, chunk_size):
     outputs = [model(**chunk) for chunk in chunks]
     images = torch.cat([o.image_embeds for o in outputs])
     texts = torch.cat([o.text_embeds for o in outputs])[caption_order.argsort()]
-    trainer._batch_loss(images, texts, batch, model.logit_scale, model.logit_bias).backward()
+    trainer._batch_loss(images, texts, batch, model.logit_scale.exp(), model.logit_bias).backward()
     return gradients(model)
 
 

@@ -3,9 +3,9 @@
 1. Encode every chunk without gradient, remembering the random state before each chunk.
 2. Compute the loss once on all embeddings (as detached leaves) and back-propagate it to them: the cache.
 3. Re-encode each chunk with gradient, replaying its random state (the same dropout masks), and back-propagate
-   `sum(embeddings * cached gradient)`; parameters used only by the loss (the logit scale and bias) receive their
-   gradient once, through the last chunk's surrogate (none when the loss does not use them, e.g. a CLIP loss on a
-   model with a bias, or SIGROT alone with a fixed prior temperature).
+   `sum(outputs * cached gradient)` over the outputs the loss used (the trainer's loss takes the logit scale and
+   bias from the last chunk's outputs; none of them when it does not use them, e.g. a CLIP loss on a model with a
+   bias, or SIGROT alone with a fixed prior temperature).
 
 Everything but the last chunk runs under `no_sync` so that DDP reduces the gradients once per step.
 """
@@ -39,16 +39,14 @@ class RandomState:
             yield
 
 
-def cached_backward(
-    encode, chunks, loss_fn, loss_parameters, backward=torch.autograd.backward, no_sync=contextlib.nullcontext
-):
-    """Back-propagate `loss_fn(all chunk embeddings, parameter leaves)` through `encode`, one chunk at a time.
+def cached_backward(encode, chunks, loss_fn, backward=torch.autograd.backward, no_sync=contextlib.nullcontext):
+    """Back-propagate `loss_fn(all chunk outputs)` through `encode`, one chunk at a time.
 
     Args:
-        encode: `encode(chunk) -> tuple of tensors` (e.g. image and text embeddings of the chunk).
+        encode: `encode(chunk) -> tuple of tensors or None` (e.g. image and text embeddings of the chunk, and the
+            logit scale and bias the model used).
         chunks: the inputs of `encode`, in order; tensors in them decide which devices' random states are kept.
-        loss_fn: `loss_fn(list of per-chunk tuples, parameter leaves) -> (loss, extras)` on the whole batch.
-        loss_parameters: parameters the loss uses directly (logit scale, bias); the loss sees detached copies.
+        loss_fn: `loss_fn(list of per-chunk tuples) -> (loss, extras)` on the whole batch.
         backward: how to back-propagate a scalar (`accelerator.backward` under mixed precision).
         no_sync: a context manager that stops DDP from reducing gradients (all chunks but the last).
     Returns:
@@ -58,21 +56,19 @@ def cached_backward(
     with torch.no_grad():
         for chunk in chunks:
             states.append(RandomState.capture(*_tensors(chunk)))
-            cached.append(tuple(output.detach().requires_grad_() for output in encode(chunk)))
+            cached.append(tuple(None if out is None else out.detach().requires_grad_() for out in encode(chunk)))
 
-    leaves = [parameter.detach().requires_grad_() for parameter in loss_parameters]
     with torch.enable_grad():
-        loss, extras = loss_fn(cached, leaves)
-    torch.autograd.backward(loss, inputs=[t for outputs in cached for t in outputs] + leaves)
+        loss, extras = loss_fn(cached)
+    torch.autograd.backward(loss, inputs=[out for outputs in cached for out in outputs if out is not None])
 
     for index, (chunk, state, outputs) in enumerate(zip(chunks, states, cached)):
         last = index == len(chunks) - 1
         with state.replay(), contextlib.nullcontext() if last else no_sync():
-            surrogate = sum((output * cache.grad).sum() for output, cache in zip(encode(chunk), outputs))
-            if last:
-                used = [(p, leaf.grad) for p, leaf in zip(loss_parameters, leaves) if leaf.grad is not None]
-                surrogate = surrogate + sum((p * grad).sum() for p, grad in used)
-            backward(surrogate)
+            pairs = zip(encode(chunk), outputs)
+            backward(
+                sum((out * cache.grad).sum() for out, cache in pairs if cache is not None and cache.grad is not None)
+            )
     return loss.detach(), extras
 
 

@@ -126,15 +126,15 @@ class ViCLIPOTTrainer(Trainer):
 
     # ---- loss ------------------------------------------------------------------------------------------------
 
-    def _batch_loss(self, image_embeds, text_embeds, inputs, logit_scale, logit_bias):
-        """The configured loss of the contrastive batch spanning all processes (`logit_scale`: the model's parameter,
-        the log of the scale); its terms and diagnostics are summed for the next log."""
+    def _batch_loss(self, image_embeds, text_embeds, inputs, scale, bias):
+        """The configured loss of the contrastive batch spanning all processes, with the `scale` and `bias` of the
+        model's forward output; its terms and diagnostics are summed for the next log."""
         result = self.loss_fn(
             image_embeds,
             text_embeds,
             inputs["caption_image_index"],
-            logit_scale.float().exp(),
-            logit_bias,
+            scale,
+            bias,
             teacher_image_embeds=inputs.get("teacher_image_embeds"),
             teacher_text_embeds=inputs.get("teacher_text_embeds"),
         )
@@ -145,20 +145,14 @@ class ViCLIPOTTrainer(Trainer):
                 self._loss_counts[name] += 1
         return result.loss
 
-    def _scale_parameters(self):
-        model = self.accelerator.unwrap_model(self.model)
-        return [model.logit_scale] + ([model.logit_bias] if model.logit_bias is not None else [])
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        # The forward's logits go unread, but they keep the logit scale (and bias) inside its autograd graph: DDP,
-        # which transformers sets to find unused parameters, would otherwise mark the scale unused at the forward
-        # and then fail when the loss's gradient reaches it ("mark a variable ready only once").
-        outputs = model(
-            pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
-        )
-        scale, *bias = self._scale_parameters()
-        loss = self._batch_loss(outputs.image_embeds, outputs.text_embeds, inputs, scale, bias[0] if bias else None)
+        outputs = model(**self._model_inputs(inputs), return_logits=False)
+        loss = self._batch_loss(outputs.image_embeds, outputs.text_embeds, inputs, outputs.scale, outputs.bias)
         return (loss, outputs) if return_outputs else loss
+
+    @staticmethod
+    def _model_inputs(inputs):
+        return {name: inputs[name] for name in ("pixel_values", "input_ids", "attention_mask")}
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         chunk_size = self.args.gradcache_chunk_size
@@ -169,24 +163,22 @@ class ViCLIPOTTrainer(Trainer):
 
         def encode(chunk):
             with self.compute_loss_context_manager():
-                outputs = model(**chunk)
-            return outputs.image_embeds, outputs.text_embeds
+                outputs = model(**chunk, return_logits=False)
+            return outputs.image_embeds, outputs.text_embeds, outputs.scale, outputs.bias
 
         chunks, caption_order = gradcache_chunks(inputs, chunk_size)
 
-        def loss_fn(cached, leaves):
-            image_embeds = torch.cat([images for images, _ in cached])
-            text_embeds = torch.cat([texts for _, texts in cached])[caption_order.argsort()]
-            loss = self._batch_loss(
-                image_embeds, text_embeds, inputs, leaves[0], leaves[1] if len(leaves) > 1 else None
-            )
+        def loss_fn(cached):
+            image_embeds = torch.cat([outputs[0] for outputs in cached])
+            text_embeds = torch.cat([outputs[1] for outputs in cached])[caption_order.argsort()]
+            scale, bias = cached[-1][2:]  # the last chunk's: its backward is the one DDP synchronises
+            loss = self._batch_loss(image_embeds, text_embeds, inputs, scale, bias)
             return loss / self.current_gradient_accumulation_steps, None
 
         loss, _ = cached_backward(
             encode,
             chunks,
             loss_fn,
-            self._scale_parameters(),
             backward=self.accelerator.backward,
             no_sync=model.no_sync if hasattr(model, "no_sync") else contextlib.nullcontext,
         )
@@ -201,7 +193,7 @@ class ViCLIPOTTrainer(Trainer):
             self._loss_sums.clear()
             self._loss_counts.clear()
             logs.update(means)
-            logs["scale"] = float(self._scale_parameters()[0].detach().exp())
+            logs["scale"] = float(self.accelerator.unwrap_model(self.model).logit_scale.detach().exp())
             step = f"step {self.state.global_step}"
             if means.get("sinkhorn_unconverged"):
                 logger.warning(
