@@ -16,7 +16,6 @@ the last training interval's plan row mass) goes to `benchmarks/results/ablation
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import stats
+
+from dataset_scripts._common import atomic_write
 
 REPO = Path(__file__).resolve().parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -224,9 +225,7 @@ def run_study(args):
 
 def write_json(path, value):
     """Write atomically: a finished run is either complete on disk or absent."""
-    partial = Path(f"{path}.partial")
-    partial.write_text(json.dumps(value, indent=2))
-    os.replace(partial, path)
+    write_text(path, json.dumps(value, indent=2))
 
 
 def interval(values):
@@ -293,9 +292,8 @@ def write_report(runs_folder, output, expected=()):
 
 
 def write_text(path, text):
-    partial = Path(f"{path}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    with atomic_write(path) as temporary:
+        temporary.write_text(text)
 
 
 def plot_study(groups, path):
@@ -332,9 +330,8 @@ def plot_study(groups, path):
     axes[-1].legend(loc="best", fontsize=8)
     figure.suptitle("Demo ablation: mean and 95 % interval over seeds")
     figure.tight_layout()
-    partial = path.with_name(path.name + ".partial.png")
-    figure.savefig(partial, dpi=110)
-    os.replace(partial, path)
+    with atomic_write(path) as temporary:
+        figure.savefig(temporary, dpi=110, format="png")
     plt.close(figure)
 
 

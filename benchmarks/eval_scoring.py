@@ -34,6 +34,7 @@ from _measure import (
     spread,
 )
 
+from dataset_scripts._common import atomic_write
 from viclip_ot.metrics import CHUNK_SIZE, retrieval_metrics
 
 
@@ -189,10 +190,8 @@ def main():
     )
     print("\n" + table)
     if not args.smoke or args.output != parser.get_default("output"):
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        temporary = args.output.with_suffix(".tmp")
-        temporary.write_text(table + "\n")
-        temporary.replace(args.output)
+        with atomic_write(args.output) as temporary:
+            temporary.write_text(table + "\n")
 
 
 if __name__ == "__main__":
