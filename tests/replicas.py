@@ -24,6 +24,11 @@ from transformers import AutoModel, RobertaConfig, RobertaModel
 PHOBERT_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0-3; PhobertTokenizer adds <mask> after the vocabulary
 
 
+# The size of every tiny transformers tower here (text and vision configs of the CLIP / SigLIP baselines).
+TINY_TOWER = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+TINY_VISION = {**TINY_TOWER, "image_size": 32, "patch_size": 8}
+
+
 def learn_bpe(words, merges=60):
     """fastBPE-style merges (`a b count` lines) learned from `words`, and the vocabulary they produce (`@@` marks a
     piece that continues the word, as in PhoBERT's vocab.txt)."""
@@ -258,22 +263,12 @@ def siglip_baseline(folder, texts, vocab_size=80, seed=0):
     tokenizer = SiglipTokenizer(vocab_file=str(folder / "spiece.model"), model_max_length=16)
     text = {
         "vocab_size": len(tokenizer),
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
+        **TINY_TOWER,
         "max_position_embeddings": 16,
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    vision = {
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "image_size": 32,
-        "patch_size": 8,
-    }
+    vision = TINY_VISION
     torch.manual_seed(seed)
     SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(folder)
     SiglipProcessor(SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
@@ -299,21 +294,11 @@ def clip_baseline(folder, seed=0):
     }
     text = {
         "vocab_size": len(vocab),
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
+        **TINY_TOWER,
         "max_position_embeddings": 24,
         **special,
     }
-    vision = {
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "image_size": 32,
-        "patch_size": 8,
-    }
+    vision = TINY_VISION
     torch.manual_seed(seed)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(folder)
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})

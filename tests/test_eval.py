@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from corpus_fixtures import write_crossmodal, write_json_corpus, write_ktvic, write_uit
 from PIL import Image
+from replicas import TINY_TOWER, TINY_VISION
 from transformers import (
     AutoModel,
     AutoProcessor,
@@ -151,21 +152,11 @@ def tiny_dual_encoder(folder, kind):
     tokenizer = train_tokenizer(CAPTIONS * 5, vocab_size=200)
     text = {
         "vocab_size": len(tokenizer),
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
+        **TINY_TOWER,
         "max_position_embeddings": 24,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    vision = {
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "image_size": 32,
-        "patch_size": 8,
-    }
+    vision = TINY_VISION
     torch.manual_seed(0)
     if kind == "clip":
         special = {"bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id}
