@@ -75,9 +75,7 @@ class ViCLIPOTEncoder(AbsEncoder):
         if self.model.processor is None:
             raise ValueError(f"{path} has no processor (processor_config.json): it cannot encode texts or images")
         self.mteb_model_meta = model_meta(self.model, model_name, revision or model_revision(path, self.model), path)
-        self.mteb_model_meta = self.mteb_model_meta.model_copy(
-            update={**meta, "loader_kwargs": {"path": path, **meta}}
-        )
+        self.mteb_model_meta = self.mteb_model_meta.model_copy(update={**meta, "loader_kwargs": {"path": path, **meta}})
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> torch.Tensor:
         batch_size = kwargs.get("batch_size", 32)
@@ -189,7 +187,7 @@ def model_meta(model: ViCLIPOTModel, name: str, revision: str | None, path: str)
 class CorpusRetrievalTask(AbsTaskRetrieval):
     """A text->image (`direction="t2i"`: every caption a query, its image the one relevant document) or image->text
     (`"i2t"`: every image a query, all its captions relevant) retrieval task over one split of a corpus as
-    `load_corpus` returns it (rows of `image`, `image_id`, `captions`). `corpus_tasks` builds one subclass per task,
+    `load_corpus` returns it (rows of `image`, `image_id`, `captions`). `dataset_tasks` builds one subclass per task,
     holding its `metadata` (mteb reads it from the class)."""
 
     def __init__(self, corpus: datasets.Dataset, direction: str, **kwargs):
@@ -216,31 +214,41 @@ class CorpusRetrievalTask(AbsTaskRetrieval):
         queries, documents = (captions, images) if self.direction == "t2i" else (images, captions)
         split = self.metadata.eval_splits[0]
         self.dataset = {
-            "default": {split: RetrievalSplitData(queries=queries, corpus=documents, relevant_docs=relevant, top_ranked=None)}
+            "default": {
+                split: RetrievalSplitData(queries=queries, corpus=documents, relevant_docs=relevant, top_ranked=None)
+            }
         }
         self.data_loaded = True
 
 
 def corpus_tasks(name, data_dir=None, split="test", *, cache_dir=None, dedup_report=None, **options):
-    """The text->image and image->text mteb tasks (`CorpusRetrievalTask`) of one split of a corpus, read with
+    """The text->image and image->text mteb tasks of one split of a corpus, read with
     `load_corpus(name, data_dir, split, ...)` (same arguments); named like `DemoT2IRetrieval`."""
     corpus = load_corpus(name, data_dir, split, cache_dir=cache_dir, dedup_report=dedup_report, **options)
     language = options.get("language", "vi")
     languages = ["vie-Latn"] if language == "vi" else mteb.get_task("XM3600T2IRetrieval").metadata.eval_langs[language]
     source = f"{name} ({data_dir})" if data_dir else name
+    if dedup_report:
+        source += " without the near-duplicates of a dedupe report"
+    return dataset_tasks(corpus, CORPORA[name].__name__, split, source=source, languages=languages)
+
+
+def dataset_tasks(dataset, name, split="test", *, source=None, languages=("vie-Latn",)):
+    """The text->image and image->text mteb tasks (`CorpusRetrievalTask`) of a `datasets.Dataset` laid out as
+    `load_corpus` returns it, named `<name>T2IRetrieval` and `<name>I2TRetrieval`, with results filed under
+    `split`."""
     tasks = []
     for direction, query, document in (("t2i", "captions", "images"), ("i2t", "images", "captions")):
         metadata = TaskMetadata(
-            name=f"{CORPORA[name].__name__}{direction.upper()}Retrieval",
-            description=f"Retrieve the {document} of the {query} of {source}, split {split}"
-            + (" without the near-duplicates of a dedupe report" if dedup_report else ""),
+            name=f"{name}{direction.upper()}Retrieval",
+            description=f"Retrieve the {document} of the {query} of {source or name}, split {split}",
             reference=None,
-            dataset={"path": str(data_dir or name), "revision": "local"},
+            dataset={"path": source or name, "revision": "local"},
             type="Any2AnyRetrieval",
             category=direction,
             modalities=["text", "image"] if direction == "t2i" else ["image", "text"],
             eval_splits=[split],
-            eval_langs=languages,
+            eval_langs=list(languages),
             main_score="ndcg_at_10",  # as MIEB's tasks
             date=None,
             domains=None,
@@ -252,7 +260,7 @@ def corpus_tasks(name, data_dir=None, split="test", *, cache_dir=None, dedup_rep
             bibtex_citation=None,
         )
         task_class = type(metadata.name, (CorpusRetrievalTask,), {"metadata": metadata})
-        tasks.append(task_class(corpus, direction))
+        tasks.append(task_class(dataset, direction))
     return tasks
 
 
