@@ -1,7 +1,7 @@
 """ViCLIP-OT in `mteb` (the Massive Text Embedding Benchmark and its image extension MIEB).
 
     import mteb
-    from viclip_ot.mteb import corpus_tasks, load_model
+    from viclip_ot.mteb import VIETNAMESE_MIEB, corpus_tasks, load_model
 
     model = load_model("outputs/demo/final")  # a saved ViCLIP-OT folder or Hub id
     results = mteb.evaluate(model, corpus_tasks("demo", split="test"), cache=None)
@@ -74,8 +74,9 @@ class ViCLIPOTEncoder(AbsEncoder):
         self.model = ViCLIPOTModel.from_pretrained(path, revision=hub_revision).to(device).eval()
         if self.model.processor is None:
             raise ValueError(f"{path} has no processor (processor_config.json): it cannot encode texts or images")
-        self.mteb_model_meta = model_meta(self.model, model_name, revision or model_revision(path, self.model), path)
-        self.mteb_model_meta = self.mteb_model_meta.model_copy(update={**meta, "loader_kwargs": {"path": path, **meta}})
+        self.mteb_model_meta = model_meta(
+            self.model, model_name, revision or model_revision(path, self.model), path, **meta
+        )
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> torch.Tensor:
         batch_size = kwargs.get("batch_size", 32)
@@ -148,14 +149,16 @@ def _training_datasets(card) -> set[str] | None:
     return set(MTEB_TASKS_OF_CORPUS.get(corpus, ()))
 
 
-def model_meta(model: ViCLIPOTModel, name: str, revision: str | None, path: str) -> ModelMeta:
-    """The `ModelMeta` of a loaded ViCLIP-OT model: sizes from the model, license and training data from the
-    model card saved beside it (when there is one)."""
+def model_meta(model: ViCLIPOTModel, name: str, revision: str | None, path: str, **overrides) -> ModelMeta:
+    """The `ModelMeta` of a ViCLIP-OT model loaded from `path`: sizes from the model, license and training data
+    from the model card saved beside it (when there is one), then the `overrides`. `ModelMeta.load_model()` loads
+    it again from `path`."""
     is_hub = not Path(path).is_dir()
     card = None if is_hub else _read_card(path)
     parameters = list(model.parameters())
-    return ModelMeta(
+    fields = dict(
         loader=ViCLIPOTEncoder,
+        loader_kwargs={"path": path, **overrides},
         name=name,
         revision=revision,
         release_date=None,
@@ -177,6 +180,7 @@ def model_meta(model: ViCLIPOTModel, name: str, revision: str | None, path: str)
         modalities=["image", "text"],
         model_type=["dense"],
     )
+    return ModelMeta(**{**fields, **overrides})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -348,11 +352,14 @@ def main(argv=None) -> dict:
             tasks = [mteb.get_task(name, languages=["vie"]) for name in args.tasks]
         for task in tasks:  # data errors before the model loads
             load_task_data(task)
-        model = load_model(args.model, name=args.name, revision=args.revision, device=args.device)
     except KeyError as error:  # mteb.get_task of an unknown name
-        parser.exit(2, f"{parser.prog}: error: {error.args[0]}\n")
-    except (CorpusError, TaskDataError, OSError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: {str(error.args[0]).removeprefix('KeyError: ')}\n")
+    except (CorpusError, TaskDataError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    try:
+        model = load_model(args.model, name=args.name, revision=args.revision, device=args.device)
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: cannot load a ViCLIP-OT model from {args.model}: {error}\n")
     result = mteb.evaluate(model, tasks, encode_kwargs={"batch_size": args.batch_size}, cache=None)
     scores, table = scores_table(result)
     meta = model.mteb_model_meta.to_dict()
