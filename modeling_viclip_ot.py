@@ -1,8 +1,12 @@
 """ViCLIP-OT: a timm image tower and a transformers text tower mapped to one L2-normalised embedding space."""
 
+import contextlib
 import functools
+import hashlib
 import importlib
 import json
+import os
+import shutil
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,12 +22,14 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import PROCESSOR_NAME, ModelOutput
+from transformers.utils import PROCESSOR_NAME, ModelOutput, logging
 
 if __package__:  # remote code: transformers loads the three files as one package
     from .configuration_viclip_ot import ViCLIPOTConfig
 else:  # the installed top-level modules (imported by name so that remote code does not ask for them)
     ViCLIPOTConfig = importlib.import_module("configuration_viclip_ot").ViCLIPOTConfig
+
+logger = logging.get_logger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -99,6 +105,147 @@ def check_caption_image_index(caption_image_index, num_images, num_captions):
         )
     if num_captions and (caption_image_index.min() < 0 or caption_image_index.max() >= num_images):
         raise ValueError(f"caption_image_index must lie in [0, {num_images}) for a batch of {num_images} images")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fast inference: bf16 autocast where the CPU computes bf16 natively, int8 towers in ONNX Runtime
+# --------------------------------------------------------------------------------------------------------------
+
+# `backend=` of `encode_image` / `encode_text`: "torch" (the model as it is, fp32), "bf16" (bf16 autocast; fp32 with
+# a warning on a CPU without native bf16), "auto" (bf16 where native: CUDA, or a CPU with bf16 instructions; else
+# fp32), "onnx-int8" (each tower exported to ONNX and dynamically quantised to int8, run by ONNX Runtime on the CPU;
+# needs `pip install viclip-ot[fast]`).
+ENCODE_BACKENDS = ("torch", "bf16", "auto", "onnx-int8")
+NATIVE_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX512-BF16 / AMX, Arm BF16 (Linux flag names)
+
+
+@functools.cache
+def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo") -> bool:
+    """Whether the CPU has bf16 instructions, read from the flags of Linux's `cpuinfo` (False where there is no such
+    file)."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return False
+    flags = {flag for line in lines if line.startswith(("flags", "Features")) for flag in line.split(":", 1)[1].split()}
+    return bool(flags & NATIVE_BF16_CPU_FLAGS)
+
+
+def autocast_dtype(backend, device):
+    """The autocast dtype that `backend` ("torch", "bf16", "auto") means on `device`, None for plain fp32."""
+    device = torch.device(device)
+    if backend == "torch":
+        return None
+    native = cpu_has_native_bf16() if device.type == "cpu" else device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if not native and backend == "bf16":
+        logger.warning_once(f"no native bf16 on this {device.type.upper()}: encoding in fp32 instead (backend='bf16')")
+    return torch.bfloat16 if native else None
+
+
+def model_fingerprint(model) -> str:
+    """SHA-256 of the model's config (without paths and versions) and of every weight (name, dtype, shape, bytes)."""
+    ignored = {"_name_or_path", "name_or_path", "auto_map", "transformers_version", "_commit_hash"}
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items() if key not in ignored}
+        return value
+
+    digest = hashlib.sha256(json.dumps(clean(model.config.to_dict()), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+class ImageTower(nn.Module):
+    """pixel_values -> the projected image embeddings (not normalised): the image side alone, for export."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model.get_image_features(pixel_values).pooler_output
+
+
+class TextTower(nn.Module):
+    """input_ids, attention_mask -> the projected text embeddings (not normalised): the text side alone."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model.get_text_features(input_ids, attention_mask).pooler_output
+
+
+def onnx_cache_root(model):
+    """Where a model's exported towers live: `onnx/` in its folder when that is a writable local folder, else
+    `$VICLIP_OT_CACHE` (default `~/.cache/viclip-ot`)`/onnx`."""
+    folder = Path(str(getattr(model, "name_or_path", "") or ""))
+    if str(folder) and folder.is_dir() and os.access(folder, os.W_OK):
+        return folder / "onnx"
+    return Path(os.environ.get("VICLIP_OT_CACHE", Path.home() / ".cache" / "viclip-ot")) / "onnx"
+
+
+def export_int8_tower(model, kind, path):
+    """Export the `kind` ("image" / "text") tower of `model` to ONNX (torch.onnx's exporter, dynamic batch and
+    length) and quantise its weights to int8 (ONNX Runtime's dynamic quantisation) into `path`, written atomically."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch")
+    if kind == "image":
+        size = model.config.image_size
+        tower, inputs = ImageTower(model), {"pixel_values": torch.zeros(2, 3, size, size)}
+        dynamic_shapes = {"pixel_values": {0: batch}}
+    else:
+        ids = torch.full((2, 8), 5)
+        tower, inputs = TextTower(model), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        length = torch.export.Dim("length")
+        dynamic_shapes = {name: {0: batch, 1: length} for name in inputs}
+    fp32_path, int8_path = path.with_suffix(".fp32.tmp"), path.with_suffix(".int8.tmp")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                tower.eval(),
+                (),
+                str(fp32_path),
+                kwargs=inputs,
+                input_names=list(inputs),
+                output_names=["embeds"],
+                dynamic_shapes=dynamic_shapes,
+                dynamo=True,
+            )
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+        os.replace(int8_path, path)
+    finally:
+        for temporary in (fp32_path, int8_path, Path(str(fp32_path) + ".data")):
+            temporary.unlink(missing_ok=True)
+
+
+def int8_session(model, kind, cache_root=None):
+    """An ONNX Runtime session of the int8 `kind` tower of `model`, exported on first use into
+    `<cache_root>/<fingerprint>/<kind>-int8.onnx` (`onnx_cache_root` by default); a model whose weights or config
+    changed has another fingerprint and is exported again (the folders of older fingerprints are removed)."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError("backend='onnx-int8' needs ONNX Runtime: pip install 'viclip-ot[fast]'") from error
+    root = Path(cache_root) if cache_root is not None else onnx_cache_root(model)
+    fingerprint = model_fingerprint(model)[:16]
+    path = root / fingerprint / f"{kind}-int8.onnx"
+    if not path.is_file():
+        logger.warning(f"exporting the {kind} tower to int8 ONNX in {path} (once per model)")
+        export_int8_tower(model, kind, path)
+        for stale in root.iterdir():
+            if stale.is_dir() and stale.name != fingerprint and any(stale.glob("*-int8.onnx")):
+                shutil.rmtree(stale)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -273,7 +420,15 @@ class ViCLIPOTModel(PreTrainedModel):
         bias = config.logit_bias_init_value
         self.logit_bias = None if bias is None else nn.Parameter(torch.tensor(float(bias)))
         self.processor = None  # a ViCLIPOTProcessor: set by from_towers and from_pretrained, used by encode_*
+        self.encode_backend = "torch"  # the default `backend` of encode_image / encode_text (`ENCODE_BACKENDS`)
+        self._int8_sessions = {}  # kind -> ONNX Runtime session of the current weights (dropped by train())
         self.post_init()
+
+    def train(self, mode=True):
+        """`nn.Module.train`; training mode also drops the int8 towers, whose weights would go stale."""
+        if mode:
+            self._int8_sessions = {}
+        return super().train(mode)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -426,34 +581,52 @@ class ViCLIPOTModel(PreTrainedModel):
         return self.processor
 
     @torch.no_grad()
-    def encode_image(self, images, batch_size=32, show_progress_bar=None) -> torch.Tensor:
-        """L2-normalised float32 embeddings (on the CPU) of PIL images or image paths, `batch_size` at a time."""
+    def encode_image(self, images, batch_size=32, show_progress_bar=None, backend=None) -> torch.Tensor:
+        """L2-normalised float32 embeddings (on the CPU) of PIL images or image paths, `batch_size` at a time.
+        `backend`: one of `ENCODE_BACKENDS` (default `self.encode_backend`, "torch")."""
         if isinstance(images, (str, Path, Image.Image)):
             images = [images]
-        return self._encode(list(images), batch_size, show_progress_bar, "images")
+        return self._encode(list(images), batch_size, show_progress_bar, "image", backend)
 
     @torch.no_grad()
-    def encode_text(self, texts, batch_size=32, show_progress_bar=None) -> torch.Tensor:
+    def encode_text(self, texts, batch_size=32, show_progress_bar=None, backend=None) -> torch.Tensor:
         """L2-normalised float32 embeddings (on the CPU) of texts, `batch_size` at a time, one row per text in input
-        order. Texts are batched longest first (by characters), so each batch pads little."""
+        order. Texts are batched longest first (by characters), so each batch pads little. `backend` as in
+        `encode_image`."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         order = sorted(range(len(texts)), key=lambda row: -len(texts[row]))
-        embeds = self._encode([texts[row] for row in order], batch_size, show_progress_bar, "texts")
+        embeds = self._encode([texts[row] for row in order], batch_size, show_progress_bar, "text", backend)
         return embeds[torch.argsort(torch.tensor(order, dtype=torch.long))]
 
-    def _encode(self, items, batch_size, show_progress_bar, kind):
+    def _encode(self, items, batch_size, show_progress_bar, kind, backend):
         processor = self._processor_or_error()
+        backend = backend or self.encode_backend
+        if backend not in ENCODE_BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {ENCODE_BACKENDS}")
         was_training = self.training
         self.eval()
+        if backend == "onnx-int8":
+            if kind not in self._int8_sessions:
+                self._int8_sessions[kind] = int8_session(self, kind)
+            session = self._int8_sessions[kind]
+            context = contextlib.nullcontext()
+        else:
+            dtype = autocast_dtype(backend, self.device)
+            context = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
         chunks = []
         starts = range(0, len(items), batch_size)
-        for start in tqdm(starts, desc=f"encoding {kind}", disable=not show_progress_bar, unit="batch"):
+        for start in tqdm(starts, desc=f"encoding {kind}s", disable=not show_progress_bar, unit="batch"):
             batch = items[start : start + batch_size]
-            if kind == "images":
-                inputs = processor(images=batch)
-                embeds = self.get_image_features(inputs["pixel_values"].to(self.device)).pooler_output
+            inputs = processor(images=batch) if kind == "image" else processor(text=batch)
+            if backend == "onnx-int8":
+                names = [node.name for node in session.get_inputs()]
+                embeds = torch.from_numpy(session.run(None, {name: inputs[name].numpy() for name in names})[0])
+            elif kind == "image":
+                with context:
+                    embeds = self.get_image_features(inputs["pixel_values"].to(self.device)).pooler_output
             else:
-                embeds = self.get_text_features(**processor(text=batch).to(self.device)).pooler_output
+                with context:
+                    embeds = self.get_text_features(**inputs.to(self.device)).pooler_output
             chunks.append(F.normalize(embeds.float(), dim=-1).cpu())
         self.train(was_training)
         dim = self.config.projection_dim

@@ -119,7 +119,10 @@ def main(argv) -> dict:
                 {name: {k[5:]: v for k, v in metrics.items()} for name, metrics in results.items()}
             )
             print(f"\n{data_args.dataset} {data_args.test_split} ({len(test_dataset)} images):\n{table}")
-            (final_dir / "results.json").write_text(json.dumps(results, indent=2))
+            # float reductions depend on the thread count: a run is reproducible for a given one
+            threads = {"torch_threads": torch.get_num_threads()}
+            print(f"torch threads: {threads['torch_threads']}")
+            (final_dir / "results.json").write_text(json.dumps({**results, **threads}, indent=2))
         print(f"\nmodel saved to {final_dir}")
     return {**results, "last training diagnostics": diagnostics}
 

@@ -9,12 +9,20 @@ of their batch. Each case runs `--warmup` untimed batches, then `--repeats` time
 
 Cases: the CPU in float32; a CUDA GPU, when one is present, in bf16 autocast (skipped, and said so, otherwise).
 
+`--backends` compares, in the same run and on the same inputs, the CPU backends of `encode_image` / `encode_text`
+(fp32, bf16 autocast, int8 ONNX Runtime towers): throughput on real sample photos (scikit-image's, resized and
+centre-cropped to 224, ImageNet-normalised) and on captions of the demo corpus's lengths, the embeddings' cosine to
+fp32 (min, mean), and, with `--demo-model` (a trained `make demo` model), the top-10 overlap of text-to-image search
+on the demo test split and the change of its avg R@K.
+
     python benchmarks/encode.py                         # writes benchmarks/results/encode.md
     python benchmarks/encode.py --quick                 # smoke run: small batches, one repeat, no file
     python benchmarks/encode.py --device cuda --dtype bf16
+    python benchmarks/encode.py --backends --demo-model outputs/demo/final   # writes benchmarks/results/backends.md
 """
 
 import argparse
+import functools
 from pathlib import Path
 
 import torch
@@ -31,9 +39,10 @@ from _measure import (
 )
 
 from configuration_viclip_ot import ViCLIPOTConfig
-from modeling_viclip_ot import ViCLIPOTModel
+from modeling_viclip_ot import ViCLIPOTModel, autocast_dtype, cpu_has_native_bf16, int8_session
 
 RESULTS = Path(__file__).parent / "results" / "encode.md"
+BACKENDS_RESULTS = Path(__file__).parent / "results" / "backends.md"
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -102,6 +111,114 @@ def benchmark(model, device, dtype, args, generator):
     return rows
 
 
+def sample_photos(count):
+    """`count` 224x224 ImageNet-normalised crops of scikit-image's sample photographs (cycled, flipped variants)."""
+    from skimage import data
+    from torchvision.transforms import v2
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "motorcycle_left"]
+    arrays = [getattr(data, name)() for name in names if hasattr(data, name)]
+    transform = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Resize(256),
+            v2.CenterCrop(224),
+            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    photos = [transform(torch.from_numpy(array[..., :3].copy()).permute(2, 0, 1)) for array in arrays]
+    return torch.stack(
+        [photos[i % len(photos)].flip(-1) if i // len(photos) % 2 else photos[i % len(photos)] for i in range(count)]
+    )
+
+
+def backend_encoders(model, cache):
+    """name -> (image function, text function) on tensors, each returning L2-normalised float32 rows."""
+
+    def torch_encoders(dtype):
+        def run(method, *inputs):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                return F.normalize(method(*inputs).pooler_output.float(), dim=-1)
+
+        return (lambda x: run(model.get_image_features, x), lambda ids, mask: run(model.get_text_features, ids, mask))
+
+    sessions = {kind: int8_session(model, kind, cache) for kind in ("image", "text")}
+
+    def int8_image(x):
+        return F.normalize(torch.from_numpy(sessions["image"].run(None, {"pixel_values": x.numpy()})[0]), dim=-1)
+
+    def int8_text(ids, mask):
+        feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+        return F.normalize(torch.from_numpy(sessions["text"].run(None, feed)[0]), dim=-1)
+
+    return {
+        "fp32": torch_encoders(None),
+        "bf16": torch_encoders(autocast_dtype("auto", "cpu") or torch.bfloat16),
+        "onnx-int8": (int8_image, int8_text),
+    }
+
+
+def compare_backends(args):
+    """The backends' table on the paper-size model (random weights) and, with --demo-model, on the demo model."""
+    import tempfile
+
+    torch.manual_seed(0)
+    model = ViCLIPOTModel(ViCLIPOTConfig()).eval()
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = sample_photos(args.image_batch)
+    input_ids, attention_mask = random_captions(args.text_batch, generator)
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        encoders = backend_encoders(model, cache)
+        reference = {}
+        for name, (image_fn, text_fn) in encoders.items():
+            row = [name]
+            for kind, function, inputs, batch in (
+                ("images", image_fn, (pixel_values,), args.image_batch),
+                ("texts", text_fn, (input_ids, attention_mask), args.text_batch),
+            ):
+                print(f"{name} {kind} (load average {load_average()})", flush=True)
+                call = functools.partial(function, *inputs)
+                times = repeat_timing(call, args.warmup, args.repeats, label=f"{name} {kind}")
+                embeds = function(*inputs)
+                reference.setdefault(kind, embeds)
+                cosine = F.cosine_similarity(embeds, reference[kind], dim=-1)
+                row += [f"{batch / median(times):.2f}", f"{cosine.min():.4f} / {cosine.mean():.4f}"]
+            rows.append(row)
+    fp32_rate = float(rows[0][1])
+    for row in rows:
+        row.insert(2, f"{float(row[1]) / fp32_rate:.2f}x")
+    demo_rows = demo_comparison(args.demo_model) if args.demo_model else []
+    return rows, demo_rows
+
+
+def demo_comparison(folder):
+    """Per backend: the demo test split's avg R@K, its change from fp32, the top-10 text-to-image overlap with fp32."""
+    from dataset_scripts import load_corpus
+    from viclip_ot.metrics import retrieval_metrics
+
+    model = ViCLIPOTModel.from_pretrained(folder).eval()
+    split = load_corpus("demo", split="test")
+    captions = [caption for row in split for caption in row["captions"]]
+    index = torch.tensor([i for i, row in enumerate(split) for _ in row["captions"]])
+    images = [row["image"] for row in split]
+    results, rows = {}, []
+    for backend in ("torch", "bf16", "onnx-int8"):
+        image_embeds, text_embeds = (
+            model.encode_image(images, backend=backend),
+            model.encode_text(captions, backend=backend),
+        )
+        top = (text_embeds @ image_embeds.T).topk(10, dim=1).indices
+        results[backend] = (retrieval_metrics(image_embeds, text_embeds, index)["avg_R"], top)
+        avg, fp32_avg = results[backend][0], results["torch"][0]
+        overlap = torch.tensor([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(top, results["torch"][1])])
+        rows.append(
+            [backend, f"{avg:.2f}", f"{avg - fp32_avg:+.2f}", f"{overlap.mean():.3f} (min {overlap.min():.1f})"]
+        )
+    return rows
+
+
 HEADERS = [
     "device",
     "precision",
@@ -129,7 +246,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smoke run: batches of 2 and 4, one repeat, no file")
     parser.add_argument("--output", type=Path, help=f"Markdown file to write (default {RESULTS}, none with --quick)")
+    parser.add_argument("--backends", action="store_true", help="compare the CPU backends fp32 / bf16 / onnx-int8")
+    parser.add_argument("--demo-model", type=Path, help="with --backends: a trained demo model for R@K and overlap")
     args = parser.parse_args()
+    if args.backends:
+        return write_backends(args)
     if args.quick:
         args.image_batch, args.text_batch, args.warmup, args.repeats = 2, 4, 0, 1
     output = args.output or (None if args.quick else RESULTS)
@@ -178,6 +299,47 @@ def main():
         ]
     )
     print("\n" + text)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n")
+        print(f"wrote {output}")
+
+
+def write_backends(args):
+    if args.quick:
+        args.image_batch, args.text_batch, args.warmup, args.repeats = 2, 4, 0, 1
+    load_before = load_average()
+    rows, demo_rows = compare_backends(args)
+    text = "\n".join(
+        [
+            "# Encoding backends on the CPU",
+            "",
+            f"{environment()}; native bf16: {cpu_has_native_bf16()}; load average (1/5/15 min) {load_before} at the "
+            f"start, {load_average()} at the end.",
+            "",
+            "Paper-size model (random weights), the same inputs for every backend: "
+            f"{args.image_batch} sample photos (224x224) and {args.text_batch} captions of 15-30 PhoBERT tokens per "
+            f"batch; median of {args.repeats} batches after {args.warmup} warm-up(s). Cosine: to the fp32 embeddings.",
+            "",
+            markdown_table(
+                ["backend", "images / s", "vs fp32", "image cosine min / mean", "texts / s", "text cosine min / mean"],
+                rows,
+            ),
+            *(
+                [
+                    "",
+                    f"Demo model ({args.demo_model}), demo test split (200 images, 1,000 captions), "
+                    "`encode_image` / `encode_text` with each backend:",
+                    "",
+                    markdown_table(["backend", "avg R@K", "change", "top-10 overlap with fp32"], demo_rows),
+                ]
+                if demo_rows
+                else []
+            ),
+        ]
+    )
+    print("\n" + text)
+    output = args.output or (None if args.quick else BACKENDS_RESULTS)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text + "\n")

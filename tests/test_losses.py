@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modeling_viclip_ot import contrastive_loss
 from viclip_ot import losses
 from viclip_ot.losses import (
     GRAPH_STRATEGIES,
@@ -499,11 +500,54 @@ def test_plan_diagnostics():
     assert diagnostics["plan_row_mass"].item() == pytest.approx(plan.sum(1).mean(), rel=1e-12)
     assert diagnostics["matched_cosine"].item() == pytest.approx(cosine[same].mean(), rel=1e-12)
     assert diagnostics["unmatched_cosine"].item() == pytest.approx(cosine[~same].mean(), rel=1e-12)
-    for loss_type in LOSS_TYPES:  # every loss reports them, on a plan with the loss's Sinkhorn settings
+    for loss_type in LOSS_TYPES:  # every loss reports the cosines; those with a plan its mass too
         output = module_loss(loss_type, inputs)
-        assert output.diagnostics["plan_row_mass"] == pytest.approx(plan.sum(1).mean(), rel=1e-9)
-        assert output.diagnostics["matched_cosine"] == pytest.approx(cosine[same].mean(), rel=1e-9)
-        assert output.diagnostics["sinkhorn_unconverged"] == 0.0
+        assert all(torch.is_tensor(value) and value.ndim == 0 for value in output.diagnostics.values())
+        assert output.diagnostics["matched_cosine"].item() == pytest.approx(cosine[same].mean(), rel=1e-9)
+        assert output.diagnostics["unmatched_cosine"].item() == pytest.approx(cosine[~same].mean(), rel=1e-9)
+        if LOSS_TYPES[loss_type].transport is None:
+            assert "plan_row_mass" not in output.diagnostics and "sinkhorn_unconverged" not in output.diagnostics
+        else:
+            assert output.diagnostics["plan_row_mass"].item() == pytest.approx(plan.sum(1).mean(), rel=1e-9)
+            assert output.diagnostics["sinkhorn_unconverged"].item() == 0.0
+    single = {
+        **inputs,
+        "image_embeds": inputs["image_embeds"][:1],
+        "caption_image_index": torch.zeros(len(INDEX), dtype=torch.long),
+    }
+    assert "unmatched_cosine" not in module_loss("clip", single).diagnostics  # one image: no unmatched pair
+
+
+@pytest.mark.parametrize("loss_type", ["clip", "siglip", "clip_sigrot"])
+def test_only_transport_losses_solve_a_transport_problem(loss_type, monkeypatch):
+    """`clip` and `siglip` call no Sinkhorn solver, and their loss and gradients are the plain contrastive loss's
+    (autograd through `modeling_viclip_ot.contrastive_loss`); a SIGROT loss still solves once."""
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return unbalanced_sinkhorn(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "unbalanced_sinkhorn", counted)
+    inputs = batch(seed=47)
+    leaves = {name: inputs[name].clone().requires_grad_() for name in ("image_embeds", "text_embeds")}
+    scale, bias = torch.tensor(6.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64)
+    output = module_loss(loss_type, {**inputs, **leaves})
+    assert len(calls) == (0 if LOSS_TYPES[loss_type].transport is None else 1)
+    if LOSS_TYPES[loss_type].transport is None:
+        reference = {name: inputs[name].clone().requires_grad_() for name in leaves}
+        expected = contrastive_loss(
+            reference["image_embeds"],
+            reference["text_embeds"],
+            inputs["caption_image_index"],
+            scale,
+            bias if loss_type == "siglip" else None,
+        )
+        torch.testing.assert_close(output.loss, expected, rtol=1e-12, atol=0)
+        output.loss.backward()
+        expected.backward()
+        for name in leaves:
+            torch.testing.assert_close(leaves[name].grad, reference[name].grad, rtol=1e-12, atol=1e-15)
 
 
 def test_unconverged_sinkhorn_is_reported():

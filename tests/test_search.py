@@ -169,12 +169,24 @@ def run_cli(*args, env=None):
 
 def test_cli_index_and_json_query(demo_model, demo_model_dir, images, tmp_path):
     result = run_cli(
-        "index", "--model", demo_model_dir, "--images", images, "--output", tmp_path / "index", "--batch-size", "4"
+        "index",
+        "--model",
+        demo_model_dir,
+        "--images",
+        images,
+        "--output",
+        tmp_path / "index",
+        "--batch-size",
+        "4",
+        "--backend",
+        "torch",  # fp32, as the expected scores below (the default, auto, is bf16 where native)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipped 1 unreadable image file(s): sub/corrupt.jpg" in result.stderr
 
-    result = run_cli("query", "--index", tmp_path / "index", "--text", QUERIES[0], "--top-k", 3, "--json")
+    result = run_cli(
+        "query", "--index", tmp_path / "index", "--text", QUERIES[0], "--top-k", 3, "--json", "--backend", "torch"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     hits = json.loads(result.stdout)
     files = good_files(images)

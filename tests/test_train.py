@@ -378,7 +378,7 @@ def test_logs_carry_the_diagnostics_and_warn_of_collapse(corpus, tmp_path, caplo
     trainer.state.epoch = 0.5
     trainer.log(logs)
     for name in ("plan_row_mass", "matched_cosine", "unmatched_cosine", "sinkhorn_unconverged"):
-        assert logs[name] == pytest.approx((expected[0][name] + expected[1][name]) / 2, rel=1e-5, abs=1e-7)
+        assert logs[name] == pytest.approx(float(expected[0][name] + expected[1][name]) / 2, rel=1e-5, abs=1e-7)
     assert logs["scale"] == pytest.approx(float(model.logit_scale.detach().exp()))
 
     trainer.loss_fn.ot_options["max_iter"] = 2

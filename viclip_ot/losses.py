@@ -334,16 +334,19 @@ def uot_soft_target_loss(
 
 
 @torch.no_grad()
-def plan_diagnostics(image_embeds, text_embeds, caption_image_index, plan):
-    """What a training batch says about collapse: `plan_row_mass`, the mean row sum of T = N P* (1 for a full plan);
-    `matched_cosine`, the mean cosine of an image with its own captions (alignment); `unmatched_cosine`, with the
-    other images' captions (near `matched_cosine`: everything similar; `matched_cosine` < 0: anti-aligned
-    modalities)."""
+def plan_diagnostics(image_embeds, text_embeds, caption_image_index, plan=None):
+    """What a training batch says about collapse, as 0-d tensors computed without a host synchronisation (read them
+    once per logging interval): `matched_cosine`, the mean cosine of an image with its own captions (alignment);
+    `unmatched_cosine` (batches of more than one image), with the other images' captions (near `matched_cosine`:
+    everything similar; `matched_cosine` < 0: anti-aligned modalities); with a `plan`, `plan_row_mass`, the mean row
+    sum of T = N P* (1 for a full plan)."""
     cosine = caption_row_logits(image_embeds, text_embeds, caption_image_index, 1.0)
-    matched = same_image_mask(caption_image_index)
-    diagnostics = {"plan_row_mass": plan.sum(dim=1).mean(), "matched_cosine": cosine[matched].mean()}
-    if not matched.all():  # a batch of one image has no unmatched pair
-        diagnostics["unmatched_cosine"] = cosine[~matched].mean()
+    matched = same_image_mask(caption_image_index).to(cosine.dtype)
+    diagnostics = {"matched_cosine": (cosine * matched).sum() / matched.sum()}
+    if image_embeds.shape[0] > 1:
+        diagnostics["unmatched_cosine"] = (cosine * (1 - matched)).sum() / (1 - matched).sum()
+    if plan is not None:
+        diagnostics["plan_row_mass"] = plan.sum(dim=1).mean()
     return diagnostics
 
 
@@ -409,8 +412,8 @@ def gather_batch(image_embeds, text_embeds, caption_image_index, teacher_image_e
 @dataclass
 class LossOutput:
     """`loss` to back-propagate; `contrastive` and `sigrot`, the terms it combines (None when unused), detached;
-    `diagnostics`, detached scalars of the batch (`plan_diagnostics`, and `sinkhorn_unconverged` 1.0 / 0.0 when the
-    plan's Sinkhorn stopped at `ot_max_iter` unconverged)."""
+    `diagnostics`, detached 0-d tensors of the batch (`plan_diagnostics`, and, for the losses that solve a transport
+    problem, `sinkhorn_unconverged` 1.0 / 0.0 when the plan's Sinkhorn stopped at `ot_max_iter` unconverged)."""
 
     loss: torch.Tensor
     contrastive: torch.Tensor | None = None
@@ -430,8 +433,8 @@ class ContrastiveOTLoss(nn.Module):
     gradient) unless `prior_temperature` is set (scale 1 / temperature); `normalise_plan` compares the row-normalised
     plan with the prior (`sigrot_loss`). The Sinkhorn options go to `unbalanced_sinkhorn`. With
     `gather_distributed`, the batches of all processes form one contrastive batch and one SIGROT plan (`gather_batch`,
-    whose gradient contract holds). Every call also reports `plan_diagnostics` of the batch, on the loss's own plan
-    (or, for `clip` and `siglip`, on a plan computed without gradient with the same options).
+    whose gradient contract holds). Every call also reports `plan_diagnostics` of the batch, with the loss's own plan
+    (`clip` and `siglip` compute none: their diagnostics are the cosines alone).
     """
 
     def __init__(
@@ -505,8 +508,12 @@ class ContrastiveOTLoss(nn.Module):
         self, image_embeds, text_embeds, caption_image_index, scale, bias, teacher_image_embeds, teacher_text_embeds
     ):
         kind, batch = self.kind, (image_embeds, text_embeds, caption_image_index)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and kind.transport == "sigrot" and not self.detach_plan):
-            plan, converged = _caption_row_plan(*batch, **self.ot_options, return_converged=True)
+        plan = converged = None
+        if kind.transport is not None:  # `clip` and `siglip` solve no transport problem
+            with torch.set_grad_enabled(
+                torch.is_grad_enabled() and kind.transport == "sigrot" and not self.detach_plan
+            ):
+                plan, converged = _caption_row_plan(*batch, **self.ot_options, return_converged=True)
         contrastive = sigrot = None
         if kind.transport == "uot":
             logits = caption_row_logits(*batch, scale, bias)
@@ -529,6 +536,6 @@ class ContrastiveOTLoss(nn.Module):
             loss = sigrot + self.contrastive_weight * contrastive
         diagnostics = plan_diagnostics(*batch, plan)
         if converged is not None:
-            diagnostics["sinkhorn_unconverged"] = float(not converged)
+            diagnostics["sinkhorn_unconverged"] = loss.new_tensor(float(not converged)).detach()
         detached = [None if term is None else term.detach() for term in (contrastive, sigrot)]
-        return LossOutput(loss, *detached, diagnostics={k: float(v) for k, v in diagnostics.items()})
+        return LossOutput(loss, *detached, diagnostics=diagnostics)

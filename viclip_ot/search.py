@@ -15,7 +15,6 @@ Re-running `index` with the same output encodes only new or changed files and dr
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -28,12 +27,12 @@ from pathlib import Path
 import datasets
 import faiss
 import numpy as np
-import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
 from PIL import Image
 from tqdm.auto import tqdm
 
+from modeling_viclip_ot import ENCODE_BACKENDS, model_fingerprint
 from processing_viclip_ot import load_rgb_image
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
@@ -68,23 +67,6 @@ def scan_images(root: str | Path) -> list[tuple[str, int, int]]:
                 stat = path.stat()
                 files.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
     return sorted(files)
-
-
-def model_fingerprint(model) -> str:
-    """SHA-256 of the model's config (without paths and versions) and of every weight (name, dtype, shape, bytes)."""
-    ignored = {"_name_or_path", "name_or_path", "auto_map", "transformers_version", "_commit_hash"}
-
-    def clean(value):
-        if isinstance(value, dict):
-            return {key: clean(item) for key, item in value.items() if key not in ignored}
-        return value
-
-    digest = hashlib.sha256(json.dumps(clean(model.config.to_dict()), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def make_faiss_index(
@@ -426,12 +408,21 @@ def parse_args(argv):
     query.add_argument("--model", help="model to encode the query (default: the one recorded in the index)")
     query.add_argument("--top-k", type=int, default=10)
     query.add_argument("--json", action="store_true", help='print [{"path": ..., "score": ...}, ...]')
+    for command in (index, query):
+        command.add_argument(
+            "--backend",
+            choices=ENCODE_BACKENDS,
+            default="auto",
+            help="encoding: auto = bf16 where the CPU or GPU has it natively, else fp32; onnx-int8 = int8 towers in "
+            "ONNX Runtime (pip install 'viclip-ot[fast]'); torch = fp32",
+        )
     return parser.parse_args(argv)
 
 
 def run_index(args) -> None:
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # `accelerate launch --cpu` sets it
     model = load_model(args.model, state.device)
+    model.encode_backend = args.backend
     options = {
         key: value
         for key, value in {
@@ -464,6 +455,7 @@ def run_query(args) -> None:
     if not model_name:
         raise ValueError(f"{args.index} does not record its model: pass --model")
     index = ImageIndex.load(args.index, load_model(model_name))
+    index.model.encode_backend = args.backend
     hits = index.search(args.text if args.text is not None else args.image, k=args.top_k)
     if args.json:
         print(json.dumps(hits, ensure_ascii=False, indent=2))

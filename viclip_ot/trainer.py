@@ -118,7 +118,7 @@ class ViCLIPOTTrainer(Trainer):
         self.loss_fn = loss_fn
         self.eval_dataset_name = eval_dataset_name
         self.training_config = training_config or {}
-        self._loss_sums, self._loss_counts = defaultdict(float), defaultdict(int)
+        self._loss_sums, self._loss_counts = {}, defaultdict(int)
         self.add_callback(LogitScaleClamp())
         self.add_callback(CompleteHubPush())
         if hasattr(self.data_collator, "epoch"):
@@ -140,8 +140,8 @@ class ViCLIPOTTrainer(Trainer):
         )
         terms = {f"loss_{name}": getattr(result, name) for name in ("contrastive", "sigrot")}
         for name, value in {**terms, **result.diagnostics}.items():
-            if value is not None:
-                self._loss_sums[name] += float(value)
+            if value is not None:  # summed as tensors: read once per log (`log`), not synchronised every step
+                self._loss_sums[name] = self._loss_sums.get(name, 0) + value.detach().float()
                 self._loss_counts[name] += 1
         return result.loss
 
@@ -189,7 +189,8 @@ class ViCLIPOTTrainer(Trainer):
         mass, matched and unmatched cosine, the rate of unconverged Sinkhorn runs), and the current scale; a
         collapsing run (`collapse_signs`, after the first epoch) and unconverged Sinkhorn runs get a warning."""
         if "loss" in logs and self._loss_counts:
-            means = {name: total / self._loss_counts[name] for name, total in self._loss_sums.items()}
+            totals = torch.stack(list(self._loss_sums.values())).tolist()  # one host synchronisation per log
+            means = {name: total / self._loss_counts[name] for name, total in zip(self._loss_sums, totals)}
             self._loss_sums.clear()
             self._loss_counts.clear()
             logs.update(means)
