@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 from transformers import AutoModelForZeroShotImageClassification, pipeline
 
-from processing_viclip_ot import normalize_vietnamese
+from processing_viclip_ot import ViCLIPOTZeroShotImageClassificationPipeline
 from viclip_ot.search import METADATA_FILE, ImageIndex, load_model
 
 DEMO_MODEL = Path("outputs/demo/final")
@@ -41,6 +41,7 @@ def build_app(index: ImageIndex) -> gr.Blocks:
         model=model,
         tokenizer=model.processor.tokenizer,
         image_processor=model.processor.image_processor,
+        pipeline_class=ViCLIPOTZeroShotImageClassificationPipeline,  # texts and images handled as the processor does
     )
 
     def search_text(query, k):
@@ -61,12 +62,8 @@ def build_app(index: ImageIndex) -> gr.Blocks:
             )
         if "{}" not in template:
             raise gr.Error("The template needs a {} where the label goes")
-        # The pipeline tokenises without the processor: normalise the texts as the processor does.
-        tone = model.processor.tone_normalization
-        normalised = {normalize_vietnamese(label, tone): label for label in labels}
-        template = normalize_vietnamese(template, tone)
-        results = classifier(image, candidate_labels=list(normalised), hypothesis_template=template)
-        return {normalised[result["label"]]: result["score"] for result in results}
+        results = classifier(image, candidate_labels=labels, hypothesis_template=template)
+        return {result["label"]: result["score"] for result in results}
 
     with gr.Blocks(title="ViCLIP-OT: tìm ảnh") as app:
         gr.Markdown(

@@ -10,7 +10,14 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    BatchFeature,
+    ImageFeatureExtractionPipeline,
+    ProcessorMixin,
+    ZeroShotImageClassificationPipeline,
+)
 from transformers.image_processing_utils import BaseImageProcessor
 
 try:  # HEIC/HEIF photos (the iPhone default): pip install 'viclip-ot[photos]'. Pillow itself reads AVIF.
@@ -282,6 +289,47 @@ def position_limit(text_config):
         return None
     roberta_style = "roberta" in text_config.model_type or text_config.model_type == "camembert"
     return positions - (text_config.pad_token_id + 1) if roberta_style else positions
+
+
+class ViCLIPOTPipelineMixin:
+    """What the transformers pipelines of ViCLIP-OT do as the processor does: images (PIL images and paths) loaded
+    by `ViCLIPOTImageProcessor.load` (EXIF, 16-bit and float modes, JPEG draft) before transformers' `load_image`
+    sees them (which would clip 16-bit values; URLs and base64 strings are left to it), and texts normalised by the
+    model's processor (`ViCLIPOTProcessor.normalize`; `normalize_vietnamese` by default for a model without one).
+
+    The config's `custom_pipelines` makes `pipeline(task, model=folder, trust_remote_code=True)` build these
+    classes; a pipeline built from a model object gets them with `pipeline_class=`."""
+
+    def load_image(self, image):
+        if isinstance(image, str) and not Path(image).is_file():
+            return image
+        return self.image_processor.load(image)
+
+    def normalize(self, texts):
+        processor = getattr(self.model, "processor", None)
+        if processor is None:
+            return [normalize_vietnamese(text) for text in texts]
+        return processor.normalize(texts)
+
+
+class ViCLIPOTZeroShotImageClassificationPipeline(ViCLIPOTPipelineMixin, ZeroShotImageClassificationPipeline):
+    """transformers' zero-shot image classification, with images and texts handled as the processor handles them
+    (see `ViCLIPOTPipelineMixin`); the results name the labels as given."""
+
+    def preprocess(self, image, candidate_labels=None, hypothesis_template="This is a photo of {}.", **kwargs):
+        # Whole sentences are normalised (the tone rule looks at the letters around a label).
+        sentences = self.normalize([hypothesis_template.format(label) for label in candidate_labels])
+        inputs = super().preprocess(self.load_image(image), sentences, hypothesis_template="{}", **kwargs)
+        inputs["candidate_labels"] = candidate_labels
+        return inputs
+
+
+class ViCLIPOTImageFeatureExtractionPipeline(ViCLIPOTPipelineMixin, ImageFeatureExtractionPipeline):
+    """transformers' image feature extraction, with images loaded as the processor loads them (see
+    `ViCLIPOTPipelineMixin`)."""
+
+    def preprocess(self, image, **kwargs):
+        return super().preprocess(self.load_image(image), **kwargs)
 
 
 ViCLIPOTImageProcessor.register_for_auto_class("AutoImageProcessor")

@@ -81,7 +81,11 @@ def test_exif_turned_photo_equals_upright_through_every_path(saved, model, photo
     assert scores[str(tmp_path / "folder" / "phone.jpg")] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_16_bit_png_equals_its_8_bit_version(model, photos, tmp_path):
+def test_16_bit_png_equals_its_8_bit_version(saved, model, photos, tmp_path):
+    from transformers import pipeline
+
+    from processing_viclip_ot import ViCLIPOTImageFeatureExtractionPipeline
+
     gray = np.asarray(photos[0].convert("L"))
     Image.fromarray(gray).save(tmp_path / "8bit.png")
     Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16bit.png")  # 0-255 -> 0-65535
@@ -93,6 +97,17 @@ def test_16_bit_png_equals_its_8_bit_version(model, photos, tmp_path):
     torch.testing.assert_close(model.encode_image([as_i]), expected)
     floats = Image.fromarray(gray.astype(np.float32) / 255)  # mode F in [0, 1]
     torch.testing.assert_close(model.encode_image([floats]), expected)
+    # Both pipeline routes: the folder (its config names the pipeline class) and a model object.
+    from_folder = pipeline("image-feature-extraction", model=str(saved), trust_remote_code=True)
+    from_object = pipeline(
+        "image-feature-extraction",
+        model=model,
+        image_processor=model.processor.image_processor,
+        pipeline_class=ViCLIPOTImageFeatureExtractionPipeline,
+    )
+    for extractor in (from_folder, from_object):
+        for image in (str(tmp_path / "16bit.png"), as_i):
+            torch.testing.assert_close(torch.tensor(extractor(image)[0]), expected[0], atol=1e-5, rtol=1e-5)
     white = model.encode_image([Image.new("RGB", photos[0].size, "white")])
     assert float(expected @ white.T) < 0.999  # what clipping at 255 gave
 

@@ -148,3 +148,42 @@ def test_processor_saved_before_the_setting_normalises(saved_model, tmp_path):
     config_file.write_text(json.dumps(config))
     loaded = ViCLIPOTProcessor.from_pretrained(tmp_path, trust_remote_code=True)
     assert loaded.normalize([unicodedata.normalize("NFD", "hòa")]) == ["hoà"]
+
+
+def test_both_pipeline_routes_normalise(saved_model, photos):
+    """Zero-shot scores of the captions typed every way equal the model's own softmax over the canonical captions,
+    through `pipeline(task, model=folder)` and through a model object with the pipeline class (as app.py builds it);
+    transformers' stock class, which calls the bare tokenizer, does not."""
+    from transformers import AutoModel, pipeline
+
+    from processing_viclip_ot import ViCLIPOTZeroShotImageClassificationPipeline
+
+    model = AutoModel.from_pretrained(saved_model, trust_remote_code=True).eval()
+    processor = model.processor
+    inputs = processor.tokenizer(CAPTIONS, padding=True, return_tensors="pt")  # the canonical spelling, as written
+    with torch.no_grad():
+        logits = model(**inputs, **processor(images=photos[0])).logits_per_image[0]
+    expected = logits.softmax(-1)
+    assert float(expected.max() - expected.min()) > 0.01  # the scores tell the captions apart
+    task = "zero-shot-image-classification"
+    components = {"model": model, "tokenizer": processor.tokenizer, "image_processor": processor.image_processor}
+    routes = [
+        pipeline(task, model=str(saved_model), trust_remote_code=True),
+        pipeline(task, **components, pipeline_class=ViCLIPOTZeroShotImageClassificationPipeline),
+    ]
+    stock = pipeline(task, **components)
+    for way in range(4):
+        labels = [variants(caption)[way] for caption in CAPTIONS]
+        for classifier in routes:
+            scores = {
+                result["label"]: result["score"]
+                for result in classifier(photos[0], candidate_labels=labels, hypothesis_template="{}")
+            }
+            assert sorted(scores) == sorted(labels)  # the labels come back as given
+            torch.testing.assert_close(torch.tensor([scores[label] for label in labels]), expected, atol=1e-5, rtol=0)
+        if way:
+            scores = {
+                result["label"]: result["score"]
+                for result in stock(photos[0], candidate_labels=labels, hypothesis_template="{}")
+            }
+            assert not torch.allclose(torch.tensor([scores[label] for label in labels]), expected, atol=1e-5, rtol=0)
