@@ -148,7 +148,8 @@ def original_path(stored: str) -> str:
 
 
 def model_fingerprint(model) -> str:
-    """SHA-256 of the model's config (without paths, versions and code references) and of every weight (name, dtype, shape, bytes)."""
+    """SHA-256 of the model's config (without paths, versions and code references) and of every weight (name, dtype,
+    shape, bytes)."""
     ignored = {"_name_or_path", "name_or_path", "auto_map", "custom_pipelines", "transformers_version", "_commit_hash"}
 
     def clean(value):
