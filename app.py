@@ -17,6 +17,7 @@ import gradio as gr
 from transformers import AutoModelForZeroShotImageClassification, pipeline
 
 from modeling_viclip_ot import ENCODE_BACKENDS
+from processing_viclip_ot import ViCLIPOTZeroShotImageClassificationPipeline
 from viclip_ot.search import METADATA_FILE, ImageIndex, load_model
 
 DEMO_MODEL = Path("outputs/demo/final")
@@ -41,6 +42,7 @@ def build_app(index: ImageIndex) -> gr.Blocks:
         model=model,
         tokenizer=model.processor.tokenizer,
         image_processor=model.processor.image_processor,
+        pipeline_class=ViCLIPOTZeroShotImageClassificationPipeline,  # texts and images handled as the processor does
     )
 
     def search_text(query, k):

@@ -32,6 +32,18 @@ CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 # Auto classes beyond AutoConfig / AutoModel that load the model as remote code: the transformers
 # `zero-shot-image-classification` pipeline loads it through AutoModelForZeroShotImageClassification.
 PIPELINE_AUTO_MAP = {"AutoModelForZeroShotImageClassification": "modeling_viclip_ot.ViCLIPOTModel"}
+# The pipelines `pipeline(task, model=folder, trust_remote_code=True)` builds: transformers' own, with images and texts
+# handled as the processor handles them. Configs saved without this key get it too.
+CUSTOM_PIPELINES = {
+    "zero-shot-image-classification": {
+        "impl": "processing_viclip_ot.ViCLIPOTZeroShotImageClassificationPipeline",
+        "pt": ["AutoModelForZeroShotImageClassification"],
+    },
+    "image-feature-extraction": {
+        "impl": "processing_viclip_ot.ViCLIPOTImageFeatureExtractionPipeline",
+        "pt": ["AutoModel"],
+    },
+}
 
 
 def _check_choice(name, value, choices):
@@ -121,4 +133,7 @@ class ViCLIPOTConfig(PretrainedConfig):
         self.logit_scale_min = logit_scale_min
         self.logit_scale_max = logit_scale_max
         kwargs["auto_map"] = {**PIPELINE_AUTO_MAP, **kwargs.get("auto_map", {})}
+        # Copies: transformers' `pipeline` rewrites the entries it uses.
+        pipelines = {**CUSTOM_PIPELINES, **kwargs.get("custom_pipelines", {})}
+        kwargs["custom_pipelines"] = {task: dict(info) for task, info in pipelines.items()}
         super().__init__(**kwargs)

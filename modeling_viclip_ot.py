@@ -144,7 +144,7 @@ def autocast_dtype(backend, device):
 
 def model_fingerprint(model) -> str:
     """SHA-256 of the model's config (without paths and versions) and of every weight (name, dtype, shape, bytes)."""
-    ignored = {"_name_or_path", "name_or_path", "auto_map", "transformers_version", "_commit_hash"}
+    ignored = {"_name_or_path", "name_or_path", "auto_map", "custom_pipelines", "transformers_version", "_commit_hash"}
 
     def clean(value):
         if isinstance(value, dict):

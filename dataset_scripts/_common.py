@@ -2,9 +2,10 @@
 
 Every corpus yields one row per image: `image` (`datasets.Image`), `image_id` (str) and
 `captions` (list of str, in annotation order). Images are converted to RGB **when the corpus is
-built**: a file that is already a complete RGB JPEG or PNG is stored byte for byte, anything else
-(palette, transparency, grayscale, CMYK, a truncated JPEG, other formats) is converted to RGB
-(transparent pixels become white) and stored as lossless PNG. The `image` column therefore always
+built**: a file that is already a complete upright RGB JPEG or PNG is stored byte for byte, anything else
+(an EXIF orientation, palette, transparency, grayscale, 16-bit, CMYK, a truncated JPEG, other formats such as
+HEIC) is converted by `processing_viclip_ot.to_rgb`, the converter inference uses (turned upright, transparent
+pixels white), and stored as lossless PNG. The `image` column therefore always
 decodes to an RGB `PIL.Image` and the built corpus no longer needs the source folder.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import datasets
 from PIL import Image, ImageFile
 
-from processing_viclip_ot import to_rgb
+from processing_viclip_ot import is_upright_rgb, to_rgb
 
 SHOWN = 5  # how many offending items an error or warning lists
 
@@ -205,7 +206,7 @@ def rgb_image_bytes(path: Path) -> tuple[bytes, bool]:
         image, truncated = _decode(raw, allow_truncated=False), False
     except OSError:
         image, truncated = _decode(raw, allow_truncated=True), True
-    if not truncated and image.format in ("JPEG", "PNG") and image.mode == "RGB" and "transparency" not in image.info:
+    if not truncated and image.format in ("JPEG", "PNG") and is_upright_rgb(image):
         return raw, False
     return png_bytes(to_rgb(image)), truncated
 

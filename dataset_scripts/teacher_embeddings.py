@@ -26,6 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from processing_viclip_ot import normalize_vietnamese
+
 from ._common import atomic_write
 
 QWEN3_VL_INSTRUCTION = "Retrieve images or text relevant to the user's query."
@@ -175,9 +177,10 @@ class Teacher:
 
 
 def load_teacher(name_or_path, device="cpu"):
-    """Pick the teacher implementation from what the name or folder holds: a saved ViCLIP-OT model, or a
-    sentence-transformers model. Qwen3-VL-Embedding (a Transformer module with last-token pooling and Normalize,
-    loaded natively by sentence-transformers) gets the paper's instruction as its prompt, for images and texts."""
+    """Pick the teacher implementation from what the name or folder holds: a saved ViCLIP-OT model (texts normalised
+    by its processor), or a sentence-transformers model (texts in Unicode NFC, tone marks as written).
+    Qwen3-VL-Embedding (a Transformer module with last-token pooling and Normalize, loaded natively by
+    sentence-transformers) gets the paper's instruction as its prompt, for images and texts."""
     from sentence_transformers import SentenceTransformer
     from transformers import AutoConfig
 
@@ -197,8 +200,12 @@ def load_teacher(name_or_path, device="cpu"):
         embeddings = model.encode(items, batch_size=batch_size, prompt=prompt, convert_to_tensor=True)
         return F.normalize(embeddings.float(), dim=-1).cpu()
 
+    def encode_texts(texts, **kwargs):
+        # Unicode NFC only: the tone-mark placement follows a ViCLIP-OT text tower's pretraining, not this teacher's.
+        return encode([normalize_vietnamese(text, None) for text in texts], **kwargs)
+
     text_only = "image" not in getattr(model, "modalities", ["text"])
-    return Teacher(str(name_or_path), None if text_only else encode, encode, images_from_captions=text_only)
+    return Teacher(str(name_or_path), None if text_only else encode, encode_texts, images_from_captions=text_only)
 
 
 def compute_teacher_embeddings(dataset, teacher, batch_size=32, accelerator=None, corpus="", split=""):

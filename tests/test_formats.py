@@ -597,6 +597,27 @@ def test_paper_config_trains_on_the_replicas_with_the_demo_corpus(tower_dirs, sb
     assert "\n# run\n" in card and str(sbert_dir) not in card.split("---")[1]  # local towers are no base_model
 
 
+def test_sentence_transformers_teacher_reads_captions_in_nfc(sbert_dir):
+    """A sentence-transformers teacher embeds NFD captions as their NFC form, and keeps the tone marks where they
+    were typed ("hòa" and "hoà" stay apart: that placement rule belongs to a ViCLIP-OT text tower)."""
+    import unicodedata
+
+    from PIL import Image
+
+    from dataset_scripts.teacher_embeddings import compute_teacher_embeddings, load_teacher
+
+    typed = ["hòa bình trên đường phố Hà Nội", "thuỷ triều và bầu trời xanh"]
+    decomposed = [unicodedata.normalize("NFD", text) for text in typed]
+    assert decomposed != typed
+    dataset = datasets_from([Image.new("RGB", (8, 8))], [decomposed + typed])
+    rows = compute_teacher_embeddings(dataset, load_teacher(sbert_dir), batch_size=4)
+    expected = sbert_reference(sbert_dir, typed)
+    torch.testing.assert_close(rows.text_embeds, torch.cat([expected, expected]), atol=1e-6, rtol=0)
+    assert not torch.allclose(sbert_reference(sbert_dir, decomposed), expected, atol=1e-3)  # the model alone differs
+    moved = sbert_reference(sbert_dir, ["hoà bình trên đường phố Hà Nội", "thủy triều và bầu trời xanh"])
+    assert (F.cosine_similarity(moved, expected) < 0.9999).all()  # the placements are told apart, as typed
+
+
 def test_qwen3_vl_embedding_teacher_through_sentence_transformers(tmp_path):
     """The Qwen3-VL-Embedding replica in its sentence-transformers layout gives the rows of the paper's recipe,
     computed here by hand: the chat (system: the instruction; user: the image or text; generation prompt), left

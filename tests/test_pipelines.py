@@ -65,3 +65,25 @@ def test_model_card_pipeline_tag_and_examples(saved, tmp_path):
     assert "pipeline_tag: zero-shot-image-classification" in text
     assert 'pipeline("zero-shot-image-classification", model="someone/viclip-ot-demo", trust_remote_code=True)' in text
     assert 'pipeline("image-feature-extraction", model="someone/viclip-ot-demo", trust_remote_code=True)' in text
+
+
+def test_config_saved_without_custom_pipelines_gets_them_and_keeps_its_fingerprint(saved, tmp_path):
+    """A folder saved before `custom_pipelines` existed builds the project's pipelines, and its search-index
+    fingerprint is the one such a model had (the key is ignored)."""
+    import json
+    import shutil
+
+    from viclip_ot.search import model_fingerprint
+
+    model_dir, images = saved
+    old = shutil.copytree(model_dir, tmp_path / "old")
+    config = json.loads((old / "config.json").read_text())
+    del config["custom_pipelines"]
+    (old / "config.json").write_text(json.dumps(config))
+    extractor = pipeline("image-feature-extraction", model=str(old), trust_remote_code=True)
+    assert type(extractor).__name__ == "ViCLIPOTImageFeatureExtractionPipeline"
+    fingerprint = model_fingerprint(extractor.model)
+    assert "custom_pipelines" in extractor.model.config.to_dict()
+    del extractor.model.config.custom_pipelines  # the config as models had it before
+    assert "custom_pipelines" not in extractor.model.config.to_dict()
+    assert model_fingerprint(extractor.model) == fingerprint

@@ -15,9 +15,11 @@ Re-running `index` with the same output encodes only new or changed files and dr
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -33,7 +35,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from modeling_viclip_ot import ENCODE_BACKENDS, model_fingerprint
-from processing_viclip_ot import load_rgb_image
+from processing_viclip_ot import PHOTOS_EXTRA, PLUGIN_EXTENSIONS
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 METADATA_FILE = "index.json"
@@ -51,22 +53,97 @@ def image_extensions() -> set[str]:
     return {extension for extension, kind in Image.registered_extensions().items() if kind in Image.OPEN}
 
 
-def scan_images(root: str | Path) -> list[tuple[str, int, int]]:
+def scan_images(root: str | Path, follow_symlinks: bool = True) -> list[tuple[str, int, int]]:
     """`(relative path, size in bytes, mtime in ns)` of every image file under `root` (recursively, hidden files and
-    folders left out), sorted by path."""
+    folders left out), sorted by path.
+
+    Symlinked folders are followed (`follow_symlinks=True`, the default) once each: a folder reached again, through a
+    loop or a second link, is not walked twice. Entries that cannot be walked (dangling symlinks, symlink loops,
+    unreadable folders or files, files that are no regular files) are left out, and photo files whose format needs a
+    plugin that is missing (HEIC without pillow-heif) too: one warning counts and names them, and the names that are
+    not valid UTF-8. Such a name is returned with its raw bytes as `os.fsdecode` gives them (surrogate escapes), so
+    that `root / path` opens the same file; `storable_path` turns it into text that Arrow and JSON can store.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     extensions = image_extensions()
-    files = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        for name in names:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
-                path = Path(folder, name)
-                stat = path.stat()
-                files.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
+    files, skipped, needs_plugin, not_utf8 = [], [], [], []
+    visited = set()  # (st_dev, st_ino) of the folders walked
+
+    def walk(folder: Path, relative: str) -> None:
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in visited:
+                skipped.append((relative or ".", "folder already walked (a symlink loop or a second link)"))
+                return
+            visited.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as scanned:
+                entries = sorted(scanned, key=lambda entry: entry.name)
+        except OSError as error:
+            skipped.append((relative or ".", error.strerror or type(error).__name__))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            name = f"{relative}/{entry.name}" if relative else entry.name
+            try:
+                if entry.is_dir(follow_symlinks=follow_symlinks):
+                    walk(Path(entry.path), name)
+                    continue
+                extension = os.path.splitext(entry.name)[1].lower()
+                if extension not in extensions:
+                    if extension in PLUGIN_EXTENSIONS:
+                        needs_plugin.append(name)
+                    continue
+                if entry.is_symlink() and not follow_symlinks:
+                    continue
+                stat = entry.stat(follow_symlinks=True)  # a dangling symlink or a loop raises here
+                if not entry.is_file(follow_symlinks=True):
+                    skipped.append((name, "not a regular file"))
+                    continue
+                if not os.access(entry.path, os.R_OK):
+                    raise PermissionError(errno.EACCES, "permission denied")
+            except OSError as error:
+                skipped.append((name, error.strerror or type(error).__name__))
+                continue
+            if re.search("[\udc80-\udcff]", name):
+                not_utf8.append(name)
+            files.append((name, stat.st_size, stat.st_mtime_ns))
+
+    walk(root, "")
+    problems = []
+    if skipped:
+        problems.append(f"{len(skipped)} entries skipped: {_examples(f'{path} ({why})' for path, why in skipped)}")
+    if needs_plugin:
+        kinds = "/".join(sorted({PLUGIN_EXTENSIONS[os.path.splitext(path)[1].lower()] for path in needs_plugin}))
+        problems.append(
+            f"{len(needs_plugin)} {kinds} files skipped, to read them: {PHOTOS_EXTRA}: {_examples(needs_plugin)}"
+        )
+    if not_utf8:
+        problems.append(
+            f"{len(not_utf8)} names are not valid UTF-8 (indexed): {_examples(map(storable_path, not_utf8))}"
+        )
+    if problems:
+        warnings.warn(f"walking {root}: " + "; ".join(problems), stacklevel=2)
     return sorted(files)
+
+
+def _examples(items) -> str:
+    items = list(items)
+    more = f", and {len(items) - WARN_EXAMPLES} more" if len(items) > WARN_EXAMPLES else ""
+    return ", ".join(items[:WARN_EXAMPLES]) + more
+
+
+def storable_path(path: str) -> str:
+    """`path` as valid Unicode text, reversibly (see `original_path`): the raw bytes of a non-UTF-8 name (surrogate
+    escapes) become `\\xNN`, a backslash becomes two."""
+    return re.sub(r"[\\\udc80-\udcff]", lambda m: "\\\\" if m[0] == "\\" else f"\\x{ord(m[0]) - 0xDC00:02x}", path)
+
+
+def original_path(stored: str) -> str:
+    """The path that `storable_path` stored."""
+    return re.sub(r"\\(\\|x[0-9a-f]{2})", lambda m: "\\" if m[1] == "\\" else chr(0xDC00 + int(m[1][1:], 16)), stored)
 
 
 def make_faiss_index(
@@ -129,7 +206,7 @@ def encode_files(model, root: Path, paths: list[str], batch_size: int = 32, show
             images, names = [], []
             for name in paths[start : start + batch_size]:
                 try:
-                    images.append(load_rgb_image(root / name))
+                    images.append(model.processor.image_processor.load(root / name))
                     names.append(name)
                 except UNREADABLE as error:
                     failures.append((name, f"{type(error).__name__}: {error}"))
@@ -179,7 +256,7 @@ class ImageIndex:
     @property
     def paths(self) -> list[Path]:
         """Absolute paths of the indexed images, in the dataset's order."""
-        return [self.root / path for path in self.dataset["path"]]
+        return [self.root / original_path(path) for path in self.dataset["path"]]
 
     # ------------------------------------------------------------------------------------------------------------
     # Building and updating
@@ -211,7 +288,7 @@ class ImageIndex:
         if not files:
             raise ValueError(f"no image files in {self.root} (looked for {', '.join(sorted(image_extensions()))})")
         current = set(files)
-        indexed = zip(self.dataset["path"], self.dataset["size"], self.dataset["mtime_ns"])
+        indexed = zip(map(original_path, self.dataset["path"]), self.dataset["size"], self.dataset["mtime_ns"])
         unchanged = {path: row for row, (path, size, mtime) in enumerate(indexed) if (path, size, mtime) in current}
         todo = [path for path, _, _ in files if path not in unchanged]
 
@@ -234,7 +311,7 @@ class ImageIndex:
                 embedding = embeddings[path]
             else:  # unreadable
                 continue
-            for column, value in zip(rows, (path, size, mtime, embedding)):
+            for column, value in zip(rows, (storable_path(path), size, mtime, embedding)):
                 rows[column].append(value)
         if not rows["path"]:
             raise ValueError(f"none of the {len(files)} image files in {self.root} could be read")
@@ -286,7 +363,10 @@ class ImageIndex:
         queries = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32).reshape(-1, self.dimension))
         scores, examples = self.dataset.get_nearest_examples_batch("embedding", queries, k=k)
         return [
-            [{"path": str(self.root / path), "score": float(score)} for path, score in zip(found["path"], found_scores)]
+            [
+                {"path": str(self.root / original_path(path)), "score": float(score)}
+                for path, score in zip(found["path"], found_scores)
+            ]
             for found_scores, found in zip(scores, examples)
         ]
 
@@ -416,7 +496,18 @@ def parse_args(argv):
             help="encoding: auto = bf16 where the CPU or GPU has it natively, else fp32; onnx-int8 = int8 towers in "
             "ONNX Runtime (pip install 'viclip-ot[fast]'); torch = fp32",
         )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "query":
+        if args.text is not None and not args.text.strip():
+            parser.error("--text is empty: give a description to search for")
+        if args.top_k < 1:
+            parser.error(f"--top-k must be at least 1, got {args.top_k}")
+        if args.image is not None:
+            try:  # reads the header only: not an image, or more pixels than PIL's decompression-bomb limit
+                Image.open(args.image).close()
+            except UNREADABLE as error:
+                parser.error(f"--image {args.image} cannot be read as an image: {error}")
+    return args
 
 
 def run_index(args) -> None:
@@ -456,7 +547,8 @@ def run_query(args) -> None:
         raise ValueError(f"{args.index} does not record its model: pass --model")
     index = ImageIndex.load(args.index, load_model(model_name))
     index.model.encode_backend = args.backend
-    hits = index.search(args.text if args.text is not None else args.image, k=args.top_k)
+    hits = index.search(args.text.strip() if args.text is not None else args.image, k=args.top_k)
+    sys.stdout.reconfigure(errors="surrogateescape")  # a non-UTF-8 file name is printed as its bytes
     if args.json:
         print(json.dumps(hits, ensure_ascii=False, indent=2))
         return
