@@ -11,6 +11,7 @@ in `outputs/demo/index`.
 
 import argparse
 import ipaddress
+import os
 import warnings
 from pathlib import Path
 
@@ -31,32 +32,29 @@ THUMBNAIL_SIZE = 512  # longest side of the images the gallery shows
 DELETE_CACHE = (3600, 3600)  # every hour, delete the uploads and thumbnails older than an hour
 
 
-def gallery(hits):
+def gallery(hits, root):
     """Gallery items: a thumbnail of each image (the app serves these, never the indexed files themselves) with its
-    score and file name as the caption."""
+    score and file name as the caption. A hit outside `root` (an edited index naming `../` paths) is an error."""
     items = []
     for hit in hits:
+        if not Path(os.path.normpath(hit["path"])).is_relative_to(root):
+            raise gr.Error(f"the index names a file outside {root}: {hit['path']}")
         image = load_rgb_image(hit["path"])
         image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
         items.append((image, f"{hit['score']:.3f} · {Path(hit['path']).name}"))
     return items
 
 
-class ImageUpload(gr.Image):
-    """`gr.Image` (same page element) for which an upload that is no image is a clear `gr.Error` rather than Gradio's
-    unexplained failure."""
-
-    is_template = True  # shown by the frontend's Image component
-
-    def preprocess(self, payload):
-        try:
-            image = super().preprocess(payload)
-        except UNREADABLE as error:
-            name = getattr(payload, "orig_name", None) or "the upload"
-            raise gr.Error(f"{name} không phải là ảnh (is not an image: {error})") from None
-        if image is None:
-            raise gr.Error("Tải một ảnh lên (upload an image)")
-        return image
+def read_upload(upload):
+    """The uploaded image of an event that skips Gradio's preprocessing (`preprocess=False`: Gradio's own gives no
+    reason for a file that is no image), as RGB; otherwise a `gr.Error` that says what is wrong."""
+    if upload is None:
+        raise gr.Error("Tải một ảnh lên (upload an image)")
+    try:
+        return load_rgb_image(upload["path"])
+    except UNREADABLE as error:
+        name = upload.get("orig_name") or "the upload"
+        raise gr.Error(f"{name} không phải là ảnh (is not an image: {error})") from None
 
 
 def check_template(template):
@@ -84,17 +82,17 @@ def build_app(index: ImageIndex) -> gr.Blocks:
     def search_text(query, k):
         if not query or not query.strip():
             raise gr.Error("Nhập một mô tả (type a description)")
-        return gallery(index.search(query.strip(), k=int(k)))
+        return gallery(index.search(query.strip(), k=int(k)), index.root)
 
-    def search_image(image, k):
-        return gallery(index.search(image, k=int(k)))
+    def search_image(upload, k):
+        return gallery(index.search(read_upload(upload), k=int(k)), index.root)
 
-    def classify(image, labels, template):
+    def classify(upload, labels, template):
         labels = [label.strip() for label in labels.replace("\n", ",").split(",") if label.strip()]
         if not labels:
             raise gr.Error("Nhập các nhãn, cách nhau bởi dấu phẩy (comma-separated labels)")
         check_template(template)
-        results = classifier(image, candidate_labels=labels, hypothesis_template=template)
+        results = classifier(read_upload(upload), candidate_labels=labels, hypothesis_template=template)
         return {result["label"]: result["score"] for result in results}
 
     with gr.Blocks(title="ViCLIP-OT: tìm ảnh", delete_cache=DELETE_CACHE) as app:
@@ -113,14 +111,14 @@ def build_app(index: ImageIndex) -> gr.Blocks:
             query.submit(search_text, [query, text_k], text_results)
         with gr.Tab("Tìm bằng ảnh (image)"):
             with gr.Row():
-                upload = ImageUpload(type="pil", label="Ảnh", elem_id="image-query")
+                upload = gr.Image(type="filepath", label="Ảnh", elem_id="image-query")
                 image_k = gr.Slider(1, 48, value=12, step=1, label="Số ảnh (top-k)")
             image_button = gr.Button("Tìm ảnh giống", variant="primary", elem_id="image-search")
             image_results = gr.Gallery(label="Kết quả", columns=6, elem_id="image-results")
-            image_button.click(search_image, [upload, image_k], image_results)
+            image_button.click(search_image, [upload, image_k], image_results, preprocess=False)
         with gr.Tab("Phân loại (zero-shot)"):
             with gr.Row():
-                to_classify = ImageUpload(type="pil", label="Ảnh", elem_id="classify-image")
+                to_classify = gr.Image(type="filepath", label="Ảnh", elem_id="classify-image")
                 with gr.Column():
                     labels = gr.Textbox(
                         label="Nhãn, cách nhau bởi dấu phẩy",
@@ -130,7 +128,7 @@ def build_app(index: ImageIndex) -> gr.Blocks:
                     template = gr.Textbox(label="Mẫu câu", value=DEFAULT_TEMPLATE, elem_id="classify-template")
                     classify_button = gr.Button("Phân loại", variant="primary", elem_id="classify")
             scores = gr.Label(label="Xác suất", elem_id="classify-scores")
-            classify_button.click(classify, [to_classify, labels, template], scores)
+            classify_button.click(classify, [to_classify, labels, template], scores, preprocess=False)
     return app
 
 

@@ -224,3 +224,10 @@ def test_auth_and_a_warning_beyond_loopback(served, monkeypatch):
         warnings.simplefilter("error")
         app.main([*arguments, "--auth", "anh:mật-khẩu:1"])
     assert launched[-1]["auth"] == ("anh", "mật-khẩu:1") and launched[-1]["max_file_size"] == "20mb"
+
+
+def test_a_hit_outside_the_indexed_folder_is_refused(tmp_path):
+    import app
+
+    with pytest.raises(app.gr.Error, match="outside"):
+        app.gallery([{"path": str(tmp_path / "photos" / ".." / "private.png"), "score": 1.0}], tmp_path / "photos")
