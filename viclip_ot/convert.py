@@ -200,12 +200,13 @@ def convert(source, output_dir, text_tower=None, vision_model=None, overwrite=Fa
     output = check_output_dir(source, output_dir, overwrite)
     model = load_authors_model(source, text_tower, vision_model)
     output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+    temporary, previous = (output.with_name(f".{output.name}.{kind}-{uuid.uuid4().hex[:8]}") for kind in ("tmp", "old"))
     try:
         model.save_pretrained(temporary)
-        if output.exists():
-            shutil.rmtree(output)
+        if output.exists():  # replaced with --overwrite: moved aside until the new folder is in place
+            output.rename(previous)
         temporary.rename(output)
+        shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return model
