@@ -11,16 +11,16 @@ Prints a table laid out like the paper's and writes the results as JSON, and the
 import argparse
 import json
 import re
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
-from dataset_scripts import CORPORA, CorpusError
+from dataset_scripts import CORPORA
 from dataset_scripts.loading import parse_option
-from viclip_ot.encoders import EncoderError, load_encoder
+from viclip_ot.cli import run
+from viclip_ot.encoders import load_encoder
 from viclip_ot.evaluation import EvalSet, evaluate_encoder, paper_suite
 from viclip_ot.metrics import format_metrics_table
 
@@ -169,7 +169,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (CorpusError, EncoderError) as error:
-        sys.exit(f"eval.py: error: {error}")
+    run(main, prog="eval.py")

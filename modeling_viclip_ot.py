@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import PROCESSOR_NAME, ModelOutput, logging
@@ -569,7 +569,7 @@ class ViCLIPOTModel(PreTrainedModel):
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
         hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
-        model.processor = load_saved_processor(pretrained_model_name_or_path, **hub_kwargs)
+        model.processor = load_saved_processor(pretrained_model_name_or_path, model.config, **hub_kwargs)
         return loaded
 
     def _processor_or_error(self):
@@ -697,12 +697,19 @@ def _processing_module():
     return importlib.import_module("processing_viclip_ot")
 
 
-def load_saved_processor(name_or_path, **hub_kwargs):
-    """The `ViCLIPOTProcessor` saved with a model (folder or Hub repo), or None for a folder that has none."""
+def load_saved_processor(name_or_path, config=None, **hub_kwargs):
+    """The `ViCLIPOTProcessor` saved with a model (folder or Hub repo), or None for a folder that has none. Its parts
+    are built with the classes beside this file and the tokenizer's own class (given the model's `config`, the
+    tokenizer needs no other config): no code saved in `name_or_path` runs."""
     if Path(name_or_path).is_dir() and not Path(name_or_path, PROCESSOR_NAME).is_file():
         return None
-    # The processor comes with the code already trusted to build this model.
-    return _processing_module().ViCLIPOTProcessor.from_pretrained(name_or_path, trust_remote_code=True, **hub_kwargs)
+    processing = _processing_module()
+    return processing.ViCLIPOTProcessor.from_pretrained(
+        name_or_path,
+        image_processor=processing.ViCLIPOTImageProcessor.from_pretrained(name_or_path, **hub_kwargs),
+        tokenizer=AutoTokenizer.from_pretrained(name_or_path, config=config, **hub_kwargs),
+        **hub_kwargs,
+    )
 
 
 def write_sentence_transformers_files(save_directory):

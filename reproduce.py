@@ -27,6 +27,7 @@ import torch
 from scipy import stats
 
 from dataset_scripts._common import atomic_write
+from viclip_ot.cli import run
 
 REPO = Path(__file__).resolve().parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -502,4 +503,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    main()
+    run(main, prog="reproduce.py")

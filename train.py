@@ -16,6 +16,7 @@ from dataset_scripts.teacher_embeddings import TeacherEmbeddings
 from modeling_viclip_ot import ViCLIPOTModel
 from processing_viclip_ot import ViCLIPOTProcessor
 from viclip_ot.arguments import parse_arguments
+from viclip_ot.cli import run
 from viclip_ot.data import ContrastiveCollator, train_transform
 from viclip_ot.losses import LOSS_TYPES, ContrastiveOTLoss
 from viclip_ot.metrics import format_metrics_table
@@ -129,4 +130,4 @@ def main(argv) -> dict:
 
 if __name__ == "__main__":
     torch.set_float32_matmul_precision("high")
-    main(sys.argv[1:])
+    run(main, sys.argv[1:], "train.py")

@@ -16,8 +16,8 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import typing
+import uuid
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -177,13 +177,13 @@ def _decode(raw: bytes, allow_truncated: bool) -> Image.Image:
 @contextlib.contextmanager
 def atomic_write(path):
     """Yield a temporary path beside `path` to write to; on success it replaces `path`, on failure it is
-    removed, so that readers never see a half-written file."""
+    removed, so that readers never see a half-written file. The caller creates the file, so it gets the mode the
+    user's umask gives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(handle)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
-        yield Path(temporary)
+        yield temporary
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -251,4 +251,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from viclip_ot.cli import run
+
+    run(main, prog="python -m dataset_scripts.dedupe")

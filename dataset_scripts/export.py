@@ -74,4 +74,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from viclip_ot.cli import run
+
+    run(main, prog="python -m dataset_scripts.export")

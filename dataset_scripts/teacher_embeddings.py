@@ -279,4 +279,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from viclip_ot.cli import run
+
+    run(main, prog="python -m dataset_scripts.teacher_embeddings")

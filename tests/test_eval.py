@@ -502,7 +502,7 @@ def test_command_line_error_is_one_line(text_tower_dir, tmp_path):
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         timeout=120,
     )
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"eval.py: error: {text_tower_dir} is not an image-text retrieval model")
     assert not (tmp_path / "results.json").exists()

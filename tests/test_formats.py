@@ -18,6 +18,7 @@ from transformers import AutoModel, AutoProcessor, AutoTokenizer
 
 from modeling_viclip_ot import ViCLIPOTModel
 from viclip_ot.convert import load_authors_model
+from viclip_ot.convert import main as convert_main
 
 CAPTIONS = VIETNAMESE_TEXTS[:4]
 DINOV3_SMALL = {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32}
@@ -258,6 +259,13 @@ def test_authors_release_converts_to_equal_embeddings(
         out = loaded(**processor(text=CAPTIONS[:1]), pixel_values=pixels)
     torch.testing.assert_close(out.image_embeds, expected_images, atol=1e-5, rtol=0)
 
+    # converting again replaces the folder only when asked to
+    (output / "stale.bin").write_bytes(b"old")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        convert_main([str(release), str(output)])
+    convert_main([str(release), str(output), "--overwrite"])
+    assert not (output / "stale.bin").exists() and (output / "model.safetensors").is_file()
+
 
 def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs, sbert_dir, tmp_path):
     vision_dir = tower_dirs["dinov3-resized"][0]
@@ -280,8 +288,8 @@ def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs
     result = subprocess.run(
         command, check=False, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300
     )
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("convert: error: ")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("python -m viclip_ot.convert: error: ")
     assert not (tmp_path / "out").exists()
     del state_dict["vision_model.trunk.cls_token"]
     missing = authors_checkpoint(tmp_path / "missing.pth", state_dict)
@@ -447,7 +455,7 @@ def test_a_baseline_missing_a_package_is_one_clear_line(baseline_dirs, tmp_path)
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         timeout=300,
     )
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"eval.py: error: cannot load {baseline_dirs['siglip']}: a package it needs is missing")
     assert "SentencePiece" in line

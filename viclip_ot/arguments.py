@@ -6,11 +6,13 @@ A YAML config gives any of them; command-line flags override it (`--learning_rat
 import dataclasses
 import inspect
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
 from configuration_viclip_ot import ViCLIPOTConfig
 
@@ -181,19 +183,38 @@ class ViCLIPOTTrainingArguments(TrainingArguments):
     )
     freeze_text_tower: bool = False
 
+    def __post_init__(self):
+        bf16_device = is_torch_bf16_gpu_available() or is_torch_xla_available()
+        if (self.bf16 or self.bf16_full_eval) and not self.use_cpu and not bf16_device:
+            warnings.warn("bf16: no GPU here supports bf16, so this run trains and evaluates in fp32", stacklevel=2)
+            self.bf16 = self.bf16_full_eval = False
+        super().__post_init__()
+
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, LossArguments, ViCLIPOTTrainingArguments)
 RENAMED_OPTIONS = {"logit_scale_init": "logit_scale_init_value", "logit_bias_init": "logit_bias_init_value"}
 
 
-def read_config(path):
+def read_config(path, _chain=()):
     """A YAML config's values; `base: other.yaml` (relative to the file) supplies the values it does not set."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    values = yaml.safe_load(path.read_text()) or {}
+        raise FileNotFoundError(f"config file not found: {path}" + (f" (the base of {_chain[-1]})" if _chain else ""))
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(file) for file in (*_chain, path.resolve()))
+        raise ValueError(f"{path}: the base: chain is a cycle: {cycle}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: malformed YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of option: value, got a {type(values).__name__}")
     base = values.pop("base", None)
-    return {**read_config(path.parent / base), **values} if base else values
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: base: must be one file name, got {base!r}")
+    return {**read_config(path.parent / base, (*_chain, path.resolve())), **values}
 
 
 def parse_arguments(argv):

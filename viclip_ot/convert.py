@@ -12,7 +12,9 @@ their config, or from `--vision-model` for a `.pth`. Heads, biases and the proje
 import argparse
 import json
 import math
-import sys
+import pickle
+import shutil
+import uuid
 from pathlib import Path
 
 import timm
@@ -25,6 +27,9 @@ from configuration_viclip_ot import ViCLIPOTConfig
 from modeling_viclip_ot import TIMM_HEAD_ARGS, ViCLIPOTModel
 from processing_viclip_ot import ViCLIPOTProcessor
 
+from .cli import USER_ERRORS, run
+
+PROG = "python -m viclip_ot.convert"
 # A training checkpoint names the towers `image_encoder` / `text_encoder`, a release `vision_model` / `text_model`.
 CHECKPOINT_PREFIXES = {"image_encoder.": "vision_model.", "text_encoder.": "text_model."}
 # The release's key prefixes and ours, first match wins.
@@ -120,8 +125,15 @@ def read_release(source):
 
 
 def read_checkpoint(path):
-    """The `model_state_dict` of a training checkpoint, read with `weights_only=True`."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    """The `model_state_dict` of a training checkpoint, read with `weights_only=True` (a pickle of anything but
+    tensors and plain containers is refused)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        message = str(error).split("\n")[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is refused: it is no plain PyTorch checkpoint of tensors ({message})") from None
+    except (RuntimeError, EOFError) as error:  # not a zip or a pickle, truncated
+        raise ValueError(f"{path} is no PyTorch checkpoint: {error}") from None
     if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
         raise KeyError(f"{path} is no authors' training checkpoint: it has no 'model_state_dict'")
     return checkpoint["model_state_dict"]
@@ -167,15 +179,43 @@ def load_authors_model(source, text_tower=None, vision_model=None):
     return model.eval()
 
 
-def convert(source, output_dir, text_tower=None, vision_model=None):
-    """Write a loadable folder (weights, config, code, processor, sentence-transformers files)."""
+def check_output_dir(source, output_dir, overwrite=False) -> Path:
+    """`output_dir`, resolved, if converting `source` into it harms no data: never the source or a folder inside or
+    around it, and an existing non-empty folder only with `overwrite`."""
+    output = Path(output_dir).resolve()
+    if Path(source).exists():
+        source = Path(source).resolve()
+        if output == source or output.is_relative_to(source) or source.is_relative_to(output):
+            raise ValueError(f"{output_dir} holds or is inside the source {source}: convert into another folder")
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"{output_dir} exists and is no folder")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output_dir} exists and is not empty: pass --overwrite to replace it")
+    return output
+
+
+def convert(source, output_dir, text_tower=None, vision_model=None, overwrite=False):
+    """Write a loadable folder (weights, config, code, processor, sentence-transformers files). The folder is written
+    beside `output_dir` first and then replaces it, so a failed conversion leaves `output_dir` as it was."""
+    output = check_output_dir(source, output_dir, overwrite)
     model = load_authors_model(source, text_tower, vision_model)
-    model.save_pretrained(output_dir)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary, previous = (output.with_name(f".{output.name}.{kind}-{uuid.uuid4().hex[:8]}") for kind in ("tmp", "old"))
+    try:
+        model.save_pretrained(temporary)
+        if output.exists():  # replaced with --overwrite: moved aside until the new folder is in place
+            output.rename(previous)
+        temporary.rename(output)
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
     return model
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("source", help="the authors' release (Hub id or folder) or training checkpoint (.pth)")
     parser.add_argument("output_dir")
     parser.add_argument(
@@ -186,13 +226,11 @@ def main(argv=None):
         "--vision-model",
         help="timm architecture, timm Hub id or folder (default: the release's; vit_base_patch16_dinov3 for a .pth)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists and is not empty")
     args = parser.parse_args(argv)
-    try:
-        convert(args.source, args.output_dir, args.text_tower, args.vision_model)
-    except (OSError, KeyError, ValueError) as error:
-        sys.exit(f"convert: error: {error}")
+    convert(args.source, args.output_dir, args.text_tower, args.vision_model, args.overwrite)
     print(f"saved {args.output_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, prog=PROG, errors=(*USER_ERRORS, KeyError))

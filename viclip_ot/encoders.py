@@ -4,7 +4,8 @@
 `encode_image(images, batch_size=..., show_progress_bar=...)` and `encode_text(texts, ...)`, both returning
 L2-normalised float32 CPU tensors:
 
-* a ViCLIP-OT model (`config.json` with model_type `viclip_ot`): the model itself;
+* a ViCLIP-OT model (`config.json` with model_type `viclip_ot`): the model itself, built by
+  [`viclip_ot.loading.load_model`] (this package's code, safetensors weights);
 * a sentence-transformers model (`modules.json`) that encodes images, e.g. `jinaai/jina-clip-v2`:
   [`SentenceTransformersEncoder`];
 * a transformers model whose class has `get_image_features` and `get_text_features` (CLIP, SigLIP, ...), read
@@ -25,8 +26,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor
 
-from modeling_viclip_ot import ViCLIPOTModel
 from processing_viclip_ot import load_rgb_image
+
+from .loading import load_model, model_source
 
 
 class EncoderError(ValueError):
@@ -54,7 +56,7 @@ def load_encoder(name_or_path, device="cpu", *, text_model=None, trust_remote_co
 def _load(name, device, trust_remote_code):
     config = _read_json(name, "config.json")
     if config is not None and config.get("model_type") == "viclip_ot":
-        return ViCLIPOTModel.from_pretrained(name).to(device).eval()
+        return load_model(name, device)
     if _read_json(name, "modules.json") is not None:
         return SentenceTransformersEncoder.load(name, device, trust_remote_code, needs_images=True)
     if config is not None:
@@ -66,10 +68,12 @@ def _load(name, device, trust_remote_code):
 
 def _read_json(name, filename):
     """`filename` of the folder or Hub repository `name` as a dict, or None when it has no such file."""
+    try:
+        name = model_source(name)
+    except FileNotFoundError as error:
+        raise EncoderError(str(error)) from None
     if Path(name).is_dir():
         path = Path(name, filename)
-    elif Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise EncoderError(f"{name} is no model folder" if Path(name).exists() else f"no such model folder: {name}")
     else:
         try:
             path = Path(hf_hub_download(name, filename))

@@ -37,6 +37,9 @@ from tqdm.auto import tqdm
 from modeling_viclip_ot import ENCODE_BACKENDS, model_fingerprint
 from processing_viclip_ot import PHOTOS_EXTRA, PLUGIN_EXTENSIONS
 
+from .cli import run
+from .loading import load_model
+
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 METADATA_FILE = "index.json"
 ROWS_FOLDER = "images"
@@ -457,16 +460,6 @@ def _features(dim: int) -> datasets.Features:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_model(name_or_path: str, device=None):
-    """A saved ViCLIP-OT model (folder or Hub id), in eval mode, on `device`."""
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True).eval()
-    if Path(name_or_path).is_dir():
-        model.name_or_path = str(Path(name_or_path).resolve())
-    return model.to(device) if device is not None else model
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m viclip_ot.search", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -545,7 +538,15 @@ def run_query(args) -> None:
     model_name = args.model or json.loads(metadata_file.read_text())["model"]
     if not model_name:
         raise ValueError(f"{args.index} does not record its model: pass --model")
-    index = ImageIndex.load(args.index, load_model(model_name))
+    try:
+        model = load_model(model_name)
+    except (OSError, ValueError) as error:
+        if args.model:
+            raise
+        raise FileNotFoundError(
+            f"{args.index} was built with the model {model_name}, which cannot be loaded ({error}): pass --model"
+        ) from error
+    index = ImageIndex.load(args.index, model)  # checks the model's fingerprint before any query
     index.model.encode_backend = args.backend
     hits = index.search(args.text.strip() if args.text is not None else args.image, k=args.top_k)
     sys.stdout.reconfigure(errors="surrogateescape")  # a non-UTF-8 file name is printed as its bytes
@@ -560,10 +561,7 @@ def run_query(args) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run_index(args) if args.command == "index" else run_query(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        sys.exit(f"error: {error}")
+    run(run_index if args.command == "index" else run_query, args, "python -m viclip_ot.search")
 
 
 if __name__ == "__main__":
