@@ -341,6 +341,7 @@ def run_study(args):
             header.update(epochs=args.epochs, train_images=args.train_images)
         write_json(run_path(runs_folder, *run), {**header, **record})
 
+    failed = []
     if args.jobs == 1:
         for run in tqdm(todo, desc=f"{args.study} runs"):
             finish(run, _run_record(*task(*run)))
@@ -349,8 +350,14 @@ def run_study(args):
         with ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1) as pool:
             futures = {pool.submit(_run_record, *task(*run)): run for run in todo}
             for future in tqdm(as_completed(futures), total=len(futures), desc=f"{args.study} runs"):
-                finish(futures[future], future.result())
+                if future.exception() is None:
+                    finish(futures[future], future.result())
+                else:  # the other runs go on; the failed ones are listed at the end (and missing in the report)
+                    print(f"run {futures[future]} failed: {future.exception()!r}", file=sys.stderr)
+                    failed.append(futures[future])
     report(args, expected)
+    if failed:
+        raise SystemExit(f"error: {len(failed)} runs failed: {failed}")
 
 
 def report(args, expected):
