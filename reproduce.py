@@ -482,6 +482,8 @@ def pairing_problems(groups):
 def _difference_cell(difference, digits):
     if not difference["n"]:
         return "-"
+    if difference["n"] == 1:
+        return f"{difference['mean']:+.{digits}f} (one seed)"
     return f"{difference['mean']:+.{digits}f} [{difference['low']:+.{digits}f}, {difference['high']:+.{digits}f}]"
 
 
@@ -554,14 +556,22 @@ def write_full_report(runs_folder, output, expected=()):
         (
             f"**Pairing broken for seeds {problems}:** their runs differ in initial weights or training batches."
             if problems
-            else f"Pairing checked: every seed's runs ({len(seeds)} seeds) share initial weights and training batches."
+            else f"Pairing checked: the runs of each seed ({len(seeds)} so far) share initial weights and batches."
         ),
     ]
     done = {(record["row"], record["teacher"], record["seed"]) for record in finished}
     missing = [run for run in expected if run not in done]
     if missing:
-        lines += ["", f"**Partial: {len(finished)} runs finished, {len(missing)} of {len(expected)} missing:** "]
-        lines[-1] += "; ".join(f"{row} / {teacher or '-'} / seed {seed}" for row, teacher, seed in missing)
+        by_row = {}
+        for row, teacher, seed in missing:
+            by_row.setdefault((row, teacher), []).append(str(seed))
+        lines += [
+            "",
+            f"**Partial: {len(finished)} of {len(expected)} runs finished; missing:** "
+            + "; ".join(
+                f"{row} / {teacher or '-'}: seeds {' '.join(seeds)}" for (row, teacher), seeds in by_row.items()
+            ),
+        ]
     output = Path(output)
     table = "\n".join(lines) + "\n"
     write_text(output, table)

@@ -127,5 +127,5 @@ def test_full_study_pairs_seeds_records_threads_and_reports_paired_differences(t
     mean, half = np.mean(differences), 12.706205 * abs(differences[0] - differences[1]) / 2  # t(0.975, 1) s / sqrt 2
     table = (tmp_path / "full.md").read_text()
     assert "| identity | 2 | " in table and f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]" in table
-    assert "Pairing checked: every seed's runs (2 seeds)" in table and "Partial" not in table
+    assert "Pairing checked: the runs of each seed (2 so far) share" in table and "Partial" not in table
     assert (tmp_path / "full.png").stat().st_size > 0
