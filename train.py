@@ -57,9 +57,10 @@ def build_model(model_args, train_dataset, output_dir):
 DIAGNOSTICS = ("plan_row_mass", "matched_cosine", "unmatched_cosine", "sinkhorn_unconverged")
 
 
-def main(argv) -> dict:
+def main(argv, callbacks=()) -> dict:
     """Train, save `final/`, and return the test metrics before and after training (when there is a test split) and
-    `last training diagnostics`, the training batches' diagnostics of the last logging interval."""
+    `last training diagnostics`, the training batches' diagnostics of the last logging interval; `callbacks`: more
+    `TrainerCallback`s for the trainer."""
     model_args, data_args, loss_args, training_args = parse_arguments(argv)
     set_seed(training_args.seed)
 
@@ -98,6 +99,7 @@ def main(argv) -> dict:
         loss_fn=ContrastiveOTLoss(**asdict(loss_args)),
         eval_dataset_name=data_args.dataset,
         training_config=training_config,
+        callbacks=list(callbacks),
     )
 
     results = {}
