@@ -73,13 +73,13 @@ def test_update_matches_fresh_index(demo_model, images, tmp_path):
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
 
     encoded = []
-    original = demo_model.encode_image
-    demo_model.encode_image = lambda images, **kwargs: encoded.extend(images) or original(images, **kwargs)
+    original = demo_model.get_image_features
+    demo_model.get_image_features = lambda pixel_values: encoded.extend(pixel_values) or original(pixel_values)
     try:
         with pytest.warns(UserWarning, match="corrupt.jpg"):
             updated = ImageIndex.load(tmp_path / "index", demo_model).update(show_progress_bar=False)
     finally:
-        del demo_model.encode_image
+        del demo_model.get_image_features
     assert len(encoded) == 3  # the two new files and the changed one
 
     with pytest.warns(UserWarning, match="corrupt.jpg"):

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import uuid
 import warnings
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 
@@ -55,7 +56,7 @@ EMBEDDINGS_FILE = "embeddings.npy"
 FAISS_FILE = "index.faiss"
 FORMAT_VERSION = 2
 SHARD_SIZE = 1024  # images per shard: an interrupted run loses at most this many encodings per process
-READ_BLOCK = 65536  # rows read from disk at a time when building and scanning
+READ_BLOCK = 16384  # rows read from disk at a time when building and scanning (48 MiB at 768-d)
 LOCK_TIMEOUT = 10.0  # seconds a writer waits for another one
 WARN_EXAMPLES = 5  # unreadable files named in the warning
 TRAIN_POINTS_PER_CELL = 64  # IVF k-means sample size per cell
@@ -162,8 +163,8 @@ def make_faiss_index(
     factory = {
         "ivf": f"{coarse},Flat",
         "hnsw": f"HNSW{hnsw_m},Flat",
-        "ivfpq": f"{coarse},PQ{pq_m}x{nbits}",
-        "opq": f"OPQ{pq_m},{coarse},PQ{pq_m}x{nbits}",
+        "ivfpq": f"{coarse},PQ{pq_m}x{nbits}np",  # np: no polysemous training (slow, used by Hamming search only)
+        "opq": f"OPQ{pq_m},{coarse},PQ{pq_m}x{nbits}np",
     }[index_type]
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.try_extract_index_ivf(index)
@@ -202,6 +203,7 @@ def train_faiss_index(index: faiss.Index, vectors) -> faiss.Index:
     other indexes need no training."""
     if not index.is_trained:
         ivf = faiss.try_extract_index_ivf(index)
+        ivf = faiss.downcast_index(ivf) if ivf is not None else None  # IndexIVFPQ, with its `pq`
         wanted = TRAIN_POINTS_PER_CELL * (ivf.nlist if ivf is not None else 1)
         if ivf is not None and hasattr(ivf, "pq"):
             wanted = max(wanted, 64 * ivf.pq.ksub)
@@ -355,11 +357,11 @@ def date_taken(path: str | Path) -> int | None:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """The images `root / name` of `names` as `(name, RGB image or None, date taken in ns or None, error or "")`,
-    decoded in `torch.utils.data.DataLoader` workers."""
+    """The images `root / name` of `names` as `(name, pixel values or None, date taken in ns or None, error or "")`:
+    decoded and preprocessed by `image_processor` (the model's), in `torch.utils.data.DataLoader` workers."""
 
-    def __init__(self, root: Path, names: list[str]):
-        self.root, self.names = Path(root), names
+    def __init__(self, root: Path, names: list[str], image_processor):
+        self.root, self.names, self.image_processor = Path(root), names, image_processor
 
     def __len__(self) -> int:
         return len(self.names)
@@ -370,26 +372,32 @@ class ImageFiles(torch.utils.data.Dataset):
             image = load_rgb_image(self.root / name)
         except UNREADABLE as error:
             return name, None, None, f"{type(error).__name__}: {error}"
-        return name, image, date_taken(self.root / name), ""
+        pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return name, pixel_values, date_taken(self.root / name), ""
 
 
+@torch.no_grad()
 def encode_files(
     model, root: Path, paths: list[str], batch_size: int = 32, show_progress_bar: bool = True, num_workers: int = 0
 ):
-    """Encode the files `paths` (relative to `root`) `batch_size` at a time, decoded by `num_workers` worker
-    processes while the model encodes (0: in this process). Yields, batch by batch in order, `(names, embeddings,
-    dates taken, failures)`: the readable files' names, their float32 embeddings and [`date_taken`], and
-    `(path, error)` of the files that could not be decoded."""
-    loader = torch.utils.data.DataLoader(
-        ImageFiles(root, paths), batch_size=batch_size, num_workers=num_workers, collate_fn=list
-    )
+    """Encode the files `paths` (relative to `root`) `batch_size` at a time, decoded and preprocessed by
+    `num_workers` worker processes while the model encodes the previous batches (0: in this process). Yields, batch
+    by batch in order, `(names, embeddings, dates taken, failures)`: the readable files' names, their float32 unit
+    embeddings (as `model.encode_image` computes them) and [`date_taken`], and `(path, error)` of the files that
+    could not be decoded."""
+    dataset = ImageFiles(root, paths, model.processor.image_processor)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     dim = model.config.projection_dim
+    model.eval()
     with tqdm(total=len(paths), desc="encoding images", unit="image", disable=not show_progress_bar) as progress:
         for batch in loader:
-            kept = [(name, image, taken) for name, image, taken, _ in batch if image is not None]
-            failures = [(name, error) for name, image, _, error in batch if image is None]
-            images = [image for _, image, _ in kept]
-            embeddings = model.encode_image(images, batch_size=len(images)).numpy() if images else np.empty((0, dim))
+            kept = [(name, pixels, taken) for name, pixels, taken, _ in batch if pixels is not None]
+            failures = [(name, error) for name, pixels, _, error in batch if pixels is None]
+            embeddings = np.empty((0, dim), np.float32)
+            if kept:
+                pixel_values = torch.stack([pixels for _, pixels, _ in kept]).to(model.device)
+                features = model.get_image_features(pixel_values).pooler_output
+                embeddings = torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
             yield [name for name, _, _ in kept], embeddings, [taken for _, _, taken in kept], failures
             progress.update(len(batch))
 
@@ -535,9 +543,16 @@ class ImageIndex:
         if state.is_main_process:
             if rebuild:
                 shutil.rmtree(self._work, ignore_errors=True)
-            self._clean(read_metadata(self.folder, missing_ok=True))
+            try:
+                metadata = read_metadata(self.folder, missing_ok=True)
+            except ValueError:  # a damaged index.json: nothing of it can be used
+                if not rebuild:
+                    raise
+                metadata = {"version": None}
+            self._clean(metadata)
         state.wait_for_everyone()
-        self._reopen()  # another writer may have committed since this index was loaded
+        if not rebuild:
+            self._reopen()  # another writer may have committed since this index was loaded
         found, _ = self._reusable(include_index=not rebuild)
         todo = [file for file in files if file not in found]
         shard_size = math.ceil(shard_size / batch_size) * batch_size  # shards end on batch boundaries
@@ -561,10 +576,6 @@ class ImageIndex:
     def _encode_shards(self, model, chunks, batch_size, num_workers, show_progress_bar) -> int:
         """Encode `chunks` (lists of `(path, size, mtime_ns)`), writing one shard of `work/` per chunk; the number of
         images encoded."""
-        self._work.mkdir(exist_ok=True)
-        model_file = self._work / WORK_MODEL_FILE
-        if not model_file.is_file():
-            _write_json(model_file, {"model_fingerprint": self.fingerprint})
         paths = [path for chunk in chunks for path, _, _ in chunk]
         batches = encode_files(model, self.root, paths, batch_size, show_progress_bar, num_workers)
         encoded = 0
@@ -585,8 +596,17 @@ class ImageIndex:
                 "embedding": [embedding for _, embedding, _, _ in rows],
                 "error": [error for _, _, _, error in rows],
             }
-            write_shard(self._work, columns, self.dimension)
+            write_shard(self._work, columns, self.dimension, self.fingerprint)
         return encoded
+
+    def commit_shards(self, lock_timeout: float = LOCK_TIMEOUT) -> ImageIndex:
+        """Commit the shards in `work/` ([`write_shard`]: written by other processes or machines, copied there) with
+        the rows already indexed, without scanning `root`: the index of exactly those images. Returns `self`."""
+        with FileLock(self.folder / LOCK_FILE, timeout=lock_timeout):
+            self._reopen()
+            found, sources = self._reusable(include_index=True)
+            warn_unreadable(self._commit(sorted(found), found, sources))
+        return self
 
     def _reusable(self, include_index: bool):
         """What needs no encoding: `{(path, size, mtime_ns): (source, row)}` and the sources: this index's rows (when
@@ -630,7 +650,8 @@ class ImageIndex:
             "mtime_ns": [mtime for (_, _, mtime), _, _ in kept],
             "taken_ns": [sources[source]["taken_ns"][row] for _, source, row in kept],
         }
-        datasets.Dataset.from_dict(rows, features=_row_features()).save_to_disk(str(folder / ROWS_FOLDER))
+        with _quiet_datasets():
+            datasets.Dataset.from_dict(rows, features=_row_features()).save_to_disk(str(folder / ROWS_FOLDER))
         index_type, options = self._resolved_index(len(kept))
         if index_type != "flat":
             embeddings = EmbeddingsFile(folder / EMBEDDINGS_FILE)
@@ -655,6 +676,7 @@ class ImageIndex:
         }
         _write_json(self.folder / METADATA_FILE, metadata)  # the commit: from here on the new version is current
         self._clean(metadata)
+        self._reopen(metadata)
         return failures
 
     def _gather(self, kept, sources):
@@ -970,28 +992,51 @@ def read_metadata(folder: str | Path, missing_ok: bool = False) -> dict | None:
     return metadata
 
 
-def check_index_folder(folder: str | Path) -> None:
+def check_index_folder(folder: str | Path, rebuild: bool = False) -> None:
     """Refuse to write an index into an existing folder that is no index (or whose `index.json` is gone), before
-    any encoding; an index folder, or one left by an interrupted first run (only `work/`), is fine."""
+    any encoding; an index folder, or one left by an interrupted first run (only `work/`), is fine, and with
+    `rebuild` any folder holding only what an index holds."""
     folder = Path(folder)
-    if (folder / METADATA_FILE).is_file() or not folder.exists():
+    if not folder.exists() or ((folder / METADATA_FILE).is_file() and not rebuild):
         return
     if not folder.is_dir():
         raise FileExistsError(f"{folder} exists and is no folder: choose another output")
     names = {path.name for path in folder.iterdir()} - {LOCK_FILE}
-    resumable = WORK_FOLDER in names and all(name == WORK_FOLDER or name.startswith("v-") for name in names)
-    if names and not resumable:
+    if rebuild:
+        ours = all(
+            name in (WORK_FOLDER, METADATA_FILE) or name.startswith(("v-", f".{METADATA_FILE}")) for name in names
+        )
+    else:
+        ours = WORK_FOLDER in names and all(name == WORK_FOLDER or name.startswith("v-") for name in names)
+    if names and not ours:
         raise FileExistsError(
-            f"{folder} exists and holds no image index ({METADATA_FILE} is missing): choose another output, or "
-            f"delete {folder} to index from scratch"
+            f"{folder} exists and holds no image index ({METADATA_FILE} is missing): choose another output, "
+            f"pass --rebuild to index it again from scratch, or delete {folder}"
         )
 
 
-def write_shard(work: Path, rows: dict, dim: int) -> Path:
-    """Write one shard of encoded rows (columns of [`_shard_features`]) into `work/` atomically: a `datasets`
-    dataset saved to a temporary folder, then renamed `shard-*`."""
+@contextmanager
+def _quiet_datasets():
+    """No `datasets` progress bars (one per shard saved) inside the block."""
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
+
+
+def write_shard(work: Path, rows: dict, dim: int, fingerprint: str) -> Path:
+    """Write one shard of rows encoded by the model with `fingerprint` (columns of [`_shard_features`]) into the
+    folder `work` (an index's `work/`) atomically: a `datasets` dataset saved to a temporary folder, then renamed
+    `shard-*`. Shards written by another model are ignored."""
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / WORK_MODEL_FILE).is_file():
+        _write_json(work / WORK_MODEL_FILE, {"model_fingerprint": fingerprint})
     temporary = work / f".tmp-{uuid.uuid4().hex[:12]}"
-    datasets.Dataset.from_dict(rows, features=_shard_features(dim)).save_to_disk(str(temporary))
+    with _quiet_datasets():
+        datasets.Dataset.from_dict(rows, features=_shard_features(dim)).save_to_disk(str(temporary))
     _fsync_tree(temporary)
     shard = work / f"shard-{uuid.uuid4().hex[:12]}"
     os.rename(temporary, shard)
@@ -1068,8 +1113,8 @@ def run_index(args) -> None:
     options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     index_type = "auto" if args.max_index_memory and not args.index_type else args.index_type
     output, images = Path(args.output), Path(args.images).resolve()
-    check_index_folder(output)  # before loading the model and encoding anything
-    metadata = read_metadata(output, missing_ok=True)
+    check_index_folder(output, args.rebuild)  # before loading the model and encoding anything
+    metadata = None if args.rebuild else read_metadata(output, missing_ok=True)
     model = load_model(args.model, state.device)
     workers = max(0, args.workers // state.num_processes)
     if metadata is not None:
@@ -1101,7 +1146,11 @@ def run_index(args) -> None:
             model.name_or_path,
         )
         index.update(
-            batch_size=args.batch_size, num_workers=workers, shard_size=args.shard_size, lock_timeout=args.lock_timeout
+            batch_size=args.batch_size,
+            num_workers=workers,
+            shard_size=args.shard_size,
+            rebuild=args.rebuild,
+            lock_timeout=args.lock_timeout,
         )
     if state.is_main_process:
         if args.json:
