@@ -131,7 +131,7 @@ def main():
         return commit(*sys.argv[2:5])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--types", nargs="+", default=["opq"], help="index types (options below apply to all)")
+    parser.add_argument("--types", nargs="+", default=["ivfpq"], help="index types (opq trains slowly at 768-d)")
     parser.add_argument("--nprobe", type=int, default=32)
     parser.add_argument("--pq-m", type=int, default=64)
     parser.add_argument("--queries", type=int, default=100)
