@@ -818,7 +818,7 @@ class ImageIndex:
                 mask = pc.starts_with(paths, prefix + "/").to_numpy(zero_copy_only=False)
         for bound, keep in ((taken_after, np.greater_equal), (taken_before, np.less)):
             if bound is not None:
-                taken = np.asarray(self.dataset.with_format("numpy")["taken_ns"], dtype=np.int64)
+                taken = self.dataset.with_format("arrow")["taken_ns"].to_numpy()  # a numpy column is read row by row
                 passed = keep(taken, _timestamp_ns(bound))
                 mask = passed if mask is None else mask & passed
         return mask
