@@ -1,6 +1,5 @@
 """ViCLIP-OT: a timm image tower and a transformers text tower mapped to one L2-normalised embedding space."""
 
-import contextlib
 import functools
 import hashlib
 import importlib
@@ -598,36 +597,53 @@ class ViCLIPOTModel(PreTrainedModel):
         embeds = self._encode([texts[row] for row in order], batch_size, show_progress_bar, "text", backend)
         return embeds[torch.argsort(torch.tensor(order, dtype=torch.long))]
 
-    def _encode(self, items, batch_size, show_progress_bar, kind, backend):
-        processor = self._processor_or_error()
+    @torch.no_grad()
+    def encode_pixel_values(self, pixel_values, backend=None) -> torch.Tensor:
+        """L2-normalised float32 embeddings (on the CPU) of a batch of preprocessed images (`pixel_values` as the
+        processor makes them), through `backend` as in [`encode_image`]."""
+        was_training = self.training
+        self.eval()
+        embeds = self._batch_encoder("image", backend)({"pixel_values": pixel_values})
+        self.train(was_training)
+        return embeds
+
+    def _batch_encoder(self, kind, backend):
+        """A function from one batch of processor outputs (`kind` "image" or "text") to L2-normalised float32
+        embeddings on the CPU, through `backend` (default `self.encode_backend`)."""
         backend = backend or self.encode_backend
         if backend not in ENCODE_BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {ENCODE_BACKENDS}")
-        was_training = self.training
-        self.eval()
         if backend == "onnx-int8":
             if kind not in self._int8_sessions:
                 self._int8_sessions[kind] = int8_session(self, kind)
             session = self._int8_sessions[kind]
-            context = contextlib.nullcontext()
-        else:
-            dtype = autocast_dtype(backend, self.device)
-            context = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+            names = [node.name for node in session.get_inputs()]
+
+            def embed(inputs):
+                embeds = torch.from_numpy(session.run(None, {name: inputs[name].cpu().numpy() for name in names})[0])
+                return F.normalize(embeds.float(), dim=-1)
+
+            return embed
+        dtype = autocast_dtype(backend, self.device)
+        features = self.get_image_features if kind == "image" else self.get_text_features
+
+        def embed(inputs):
+            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                embeds = features(**{name: value.to(self.device) for name, value in inputs.items()}).pooler_output
+            return F.normalize(embeds.float(), dim=-1).cpu()
+
+        return embed
+
+    def _encode(self, items, batch_size, show_progress_bar, kind, backend):
+        processor = self._processor_or_error()
+        was_training = self.training
+        self.eval()
+        embed = self._batch_encoder(kind, backend)
         chunks = []
         starts = range(0, len(items), batch_size)
         for start in tqdm(starts, desc=f"encoding {kind}s", disable=not show_progress_bar, unit="batch"):
             batch = items[start : start + batch_size]
-            inputs = processor(images=batch) if kind == "image" else processor(text=batch)
-            if backend == "onnx-int8":
-                names = [node.name for node in session.get_inputs()]
-                embeds = torch.from_numpy(session.run(None, {name: inputs[name].numpy() for name in names})[0])
-            elif kind == "image":
-                with context:
-                    embeds = self.get_image_features(inputs["pixel_values"].to(self.device)).pooler_output
-            else:
-                with context:
-                    embeds = self.get_text_features(**inputs.to(self.device)).pooler_output
-            chunks.append(F.normalize(embeds.float(), dim=-1).cpu())
+            chunks.append(embed(processor(images=batch) if kind == "image" else processor(text=batch)))
         self.train(was_training)
         dim = self.config.projection_dim
         return torch.cat(chunks) if chunks else torch.empty(0, dim)

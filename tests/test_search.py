@@ -1,5 +1,6 @@
 """The image index and its CLI on the demo model and demo-corpus images: rankings equal the model's own similarities,
-incremental updates equal a fresh index, unreadable files and wrong models give clear messages, saving is atomic."""
+incremental updates equal a fresh index, unreadable files and wrong models give clear messages, an interrupted update
+leaves the previous index."""
 
 import json
 import os
@@ -72,24 +73,20 @@ def test_update_matches_fresh_index(demo_model, images, tmp_path):
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
 
     encoded = []
-    original = demo_model.encode_image
-    demo_model.encode_image = lambda images, **kwargs: encoded.extend(images) or original(images, **kwargs)
+    original = demo_model.get_image_features
+    demo_model.get_image_features = lambda pixel_values: encoded.extend(pixel_values) or original(pixel_values)
     try:
         with pytest.warns(UserWarning, match="corrupt.jpg"):
             updated = ImageIndex.load(tmp_path / "index", demo_model).update(show_progress_bar=False)
     finally:
-        del demo_model.encode_image
+        del demo_model.get_image_features
     assert len(encoded) == 3  # the two new files and the changed one
 
     with pytest.warns(UserWarning, match="corrupt.jpg"):
         fresh = ImageIndex.build(demo_model, images, show_progress_bar=False)
     assert updated.dataset["path"] == fresh.dataset["path"] and len(fresh) == 11
     assert updated.dataset["mtime_ns"] == fresh.dataset["mtime_ns"]
-    np.testing.assert_allclose(
-        updated.dataset.with_format("numpy")[:]["embedding"],
-        fresh.dataset.with_format("numpy")[:]["embedding"],
-        atol=1e-6,
-    )
+    np.testing.assert_allclose(updated.embeddings, fresh.embeddings, atol=1e-6)
     for updated_hits, fresh_hits in zip(updated.search(QUERIES, k=5), fresh.search(QUERIES, k=5)):
         assert [hit["path"] for hit in updated_hits] == [hit["path"] for hit in fresh_hits]
         np.testing.assert_allclose(
@@ -107,7 +104,7 @@ def test_approximate_indexes_saved_and_loaded(demo_model, images, tmp_path, inde
         approximate = ImageIndex.build(demo_model, images, index_type=index_type, show_progress_bar=False, **options)
     approximate.save(tmp_path / index_type)
     loaded = ImageIndex.load(tmp_path / index_type, demo_model)
-    faiss_index = loaded.dataset.get_index("embedding").faiss_index
+    faiss_index = loaded.faiss_index
     assert (faiss_index.nprobe if index_type == "ivf" else faiss_index.hnsw.efSearch) == list(options.values())[-1]
     expected = [[hit["path"] for hit in hits] for hits in exact.search(QUERIES, k=5)]
     assert [[hit["path"] for hit in hits] for hits in loaded.search(QUERIES, k=5)] == expected
@@ -131,27 +128,23 @@ def test_wrong_model_and_empty_folder(demo_model, demo_model_dir, images, tmp_pa
         ImageIndex.build(demo_model, tmp_path / "empty")
 
 
-def test_interrupted_save_leaves_the_previous_index(demo_model, images, tmp_path, monkeypatch):
+def test_interrupted_update_leaves_the_previous_index(demo_model, images, tmp_path, monkeypatch):
     with pytest.warns(UserWarning):
-        index = ImageIndex.build(demo_model, images, show_progress_bar=False)
-    index.save(tmp_path / "index")
+        index = ImageIndex.build(demo_model, images, show_progress_bar=False, output=tmp_path / "index")
     before = ImageIndex.load(tmp_path / "index").dataset["path"]
 
     for path in good_files(images)[:4]:
         path.unlink()
-    with pytest.warns(UserWarning):
-        index.update(show_progress_bar=False)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(datasets.Dataset, "save_to_disk", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        index.save(tmp_path / "index")
+        index.update(show_progress_bar=False)
     monkeypatch.undo()
-    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]  # no temporary folder left
     assert ImageIndex.load(tmp_path / "index").dataset["path"] == before
-    assert len(index.search(QUERIES[0], k=20)) == 6  # the in-memory index still searches after the failed save
+    assert len(index.search(QUERIES[0], k=20)) == 10  # the in-memory index still searches after the failed update
 
 
 def run_cli(*args, env=None):
@@ -247,6 +240,4 @@ def test_cli_index_with_two_processes(demo_model_dir, images, tmp_path):
     assert run_cli("index", "--model", demo_model_dir, "--images", images, "--output", tmp_path / "one").returncode == 0
     two, one = ImageIndex.load(tmp_path / "two"), ImageIndex.load(tmp_path / "one")
     assert two.dataset["path"] == one.dataset["path"] and len(one) == 10
-    np.testing.assert_allclose(
-        two.dataset.with_format("numpy")[:]["embedding"], one.dataset.with_format("numpy")[:]["embedding"], atol=1e-5
-    )
+    np.testing.assert_allclose(two.embeddings, one.embeddings, atol=1e-5)

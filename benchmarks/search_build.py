@@ -1,0 +1,161 @@
+"""Image index built from shards at scale: build time, peak memory, size, query latency and recall, filtered queries.
+
+`n` synthetic 768-d unit vectors ("latent": a random 32-d subspace plus 10 % noise, as in `benchmarks/search.py`)
+are written as the shards `index` writes (`write_shard`, 16,384 rows each), then a fresh process commits them
+(`ImageIndex.commit_shards`: embeddings copied into one `.npy`, FAISS trained on a sample and filled block by
+block) and reports its build seconds and peak resident memory (VmHWM). Queries (one at a time, p50 / p99 over
+`--queries`) go through `ImageIndex.search_embeddings` (re-ranking included); recall@10 is the overlap with the exact
+top 10 (a scan of the memory-mapped embeddings). Filtered queries: the images under one folder (a quarter of them)
+and the images of one week (about 1 %).
+
+    python benchmarks/search_build.py --sizes 100000 1000000      # writes benchmarks/results/search-build.md
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from _measure import environment, load_average, markdown_table, run_worker
+
+from viclip_ot.search import FAISS_FILE, ImageIndex, write_shard
+
+RESULTS = Path(__file__).parent / "results" / "search-build.md"
+DIM = 768
+LATENT_DIM = 32
+SHARD = 16_384
+DAY = 86_400 * 10**9
+START = int(datetime(2015, 1, 1).timestamp()) * 10**9
+
+
+def write_shards(folder: Path, count: int, rng) -> tuple[np.ndarray, float]:
+    """The shards of `count` latent vectors (4 folders, one image every `10 years / count`); the mixing matrix."""
+    mixing = rng.standard_normal((LATENT_DIM, DIM), dtype=np.float32)
+    step = 3650 * DAY // count
+    start = time.perf_counter()
+    for first in range(0, count, SHARD):
+        rows = min(SHARD, count - first)
+        vectors = latent(rows, mixing, rng)
+        ids = range(first, first + rows)
+        shard = {
+            "path": [f"folder{row % 4}/{row:09d}.jpg" for row in ids],
+            "size": [1000 + row for row in ids],
+            "mtime_ns": [START + row * step for row in ids],
+            "taken_ns": [START + row * step for row in ids],
+            "embedding": list(vectors),
+            "error": [""] * rows,
+        }
+        write_shard(folder / "work", shard, DIM, "synthetic")
+    return mixing, time.perf_counter() - start
+
+
+def latent(count, mixing, rng):
+    block = rng.standard_normal((count, LATENT_DIM), dtype=np.float32) @ mixing / np.float32(np.sqrt(DIM))
+    block += rng.standard_normal((count, DIM), dtype=np.float32) * np.float32(0.1 / np.sqrt(DIM))
+    return block / np.linalg.norm(block, axis=1, keepdims=True)
+
+
+def commit(folder: str, index_type: str, options: str) -> None:
+    """Worker: commit the shards, print build seconds and peak memory as JSON."""
+    start = time.perf_counter()
+    ImageIndex(folder, folder + "/photos", "synthetic", DIM, index_type, json.loads(options)).commit_shards()
+    seconds = time.perf_counter() - start
+    peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"seconds": seconds, "peak": peak}))
+
+
+def latency(index, queries, **filters):
+    """(p50 ms, p99 ms, hits per query, top-10 paths) of single queries."""
+    times, found = [], []
+    for query in queries:
+        start = time.perf_counter()
+        hits = index.search_embeddings(query[None], 10, **filters)[0]
+        times.append(time.perf_counter() - start)
+        found.append([hit["path"] for hit in hits])
+    return 1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99), found
+
+
+def measure(size, index_type, options, args, rng):
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
+        mixing, write_seconds = write_shards(Path(work), size, rng)
+        built = run_worker(__file__, ["--commit", work, index_type, json.dumps(options)])
+        index = ImageIndex.load(work)
+        version = Path(work) / index.version
+        disk = sum(path.stat().st_size for path in version.rglob("*") if path.is_file()) / 2**30
+        faiss_size = (version / FAISS_FILE).stat().st_size / 2**30 if (version / FAISS_FILE).exists() else 0.0
+        queries = latent(args.queries, mixing, rng)
+        exact = index.search_embeddings(queries[: args.queries], 10)
+        exact = [[hit["path"] for hit in hits] for hits in exact]
+        rows = []
+        week = (datetime(2020, 6, 1), datetime(2020, 6, 8))
+        for name, filters in [
+            ("none", {}),
+            ("folder (25 %)", {"folder": "folder1"}),
+            ("one week (~0.2 %)", {"taken_after": week[0], "taken_before": week[1]}),
+        ]:
+            p50, p99, found = latency(index, queries, **filters)
+            if filters:
+                index_exact = index.faiss_index
+                index.faiss_index = None  # the exact answer of the same filter
+                truth = [[hit["path"] for hit in hits] for hits in index.search_embeddings(queries, 10, **filters)]
+                index.faiss_index = index_exact
+            else:
+                truth = exact
+            recall = np.mean([len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(found, truth)])
+            all_k = all(len(a) == len(b) for a, b in zip(found, truth))
+            rows.append(
+                [
+                    f"{size:,}",
+                    index_type,
+                    json.dumps(options) if options else "",
+                    name,
+                    f"{write_seconds:.0f}",
+                    f"{built['seconds']:.0f}",
+                    f"{built['peak'] / 2**30:.2f}",
+                    f"{disk:.2f} / {faiss_size:.3f}",
+                    f"{p50:.1f} / {p99:.1f}",
+                    f"{recall:.3f}",
+                    "yes" if all_k else "no",
+                ]
+            )
+            print(" | ".join(rows[-1]), flush=True)
+        return rows
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--commit":
+        return commit(*sys.argv[2:5])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--types", nargs="+", default=["ivfpq"], help="index types (opq trains slowly at 768-d)")
+    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--pq-m", type=int, default=64)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--work-dir", help="where the shards and index go (default: the temporary folder)")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    started = f"{environment()}; load average {load_average()}"
+    rng = np.random.default_rng(0)
+    rows = []
+    for size in args.sizes:
+        for index_type in args.types:
+            options = {"nprobe": args.nprobe, "pq_m": args.pq_m} if index_type in ("ivfpq", "opq") else {}
+            rows += measure(size, index_type, options, args, rng)
+    headers = ["images", "index", "options", "filter", "shards s", "build s", "build peak GiB", "disk / FAISS GiB"]
+    headers += ["1 query p50 / p99 ms", "recall@10", "k hits"]
+    table = markdown_table(headers, rows)
+    print("\n" + table)
+    if not args.no_write:
+        args.output.write_text(
+            f"# Image index built from shards\n\n{started} at the start, {load_average()} at the end.\n\n"
+            f"{__doc__.split(chr(10) * 2)[1]}\n\n{table}\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
