@@ -240,7 +240,7 @@ def test_one_writer_at_a_time(demo_model, images, tmp_path):
 
 
 def cli(*args):
-    """`main(args)`: the exit message (None when it succeeds)."""
+    """`main(args)`: its exit status (None when it succeeds)."""
     try:
         main([str(arg) for arg in args])
     except SystemExit as exit:
@@ -272,9 +272,10 @@ def test_damaged_files_and_a_missing_index_json(demo_model, demo_model_dir, imag
 
     (output / METADATA_FILE).unlink()
     capsys.readouterr()
-    message = cli("index", "--model", demo_model_dir, "--images", images, "--output", output)
-    assert f"{output} exists and holds no image index ({METADATA_FILE} is missing)" in message
-    assert not capsys.readouterr().err  # failed before loading the model: no progress bar, no warning
+    assert cli("index", "--model", demo_model_dir, "--images", images, "--output", output) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1, errors  # failed before loading the model: no progress bar, no warning
+    assert f"{output} exists and holds no image index ({METADATA_FILE} is missing)" in errors[0]
 
 
 def test_type_kept_folder_repointed_and_json_summary(demo_model, demo_model_dir, images, tmp_path, capsys):
