@@ -62,3 +62,20 @@ def photos():
 
     arrays = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
     return [Image.fromarray(np.asarray(array)) for array in arrays]
+
+
+@pytest.fixture(scope="module")
+def demo_model_dir(tmp_path_factory):
+    """A saved model folder with demo-size towers (`search_fixtures.save_demo_model`), one per test module."""
+    from search_fixtures import save_demo_model
+
+    folder = tmp_path_factory.mktemp("demo_model")
+    return save_demo_model(folder, folder / "cache")
+
+
+@pytest.fixture(scope="module")
+def demo_model(demo_model_dir):
+    """`demo_model_dir` loaded in eval mode."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(demo_model_dir, trust_remote_code=True).eval()

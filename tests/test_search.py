@@ -19,17 +19,6 @@ from viclip_ot.search import ImageIndex, model_fingerprint
 QUERIES = ["hai hình tròn màu đỏ ở bên trái, nền trắng", "một hình vuông màu xanh lá ở giữa", "ba tam giác vàng"]
 
 
-@pytest.fixture(scope="module")
-def demo_model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("demo_model")
-    return save_demo_model(folder, folder / "cache")
-
-
-@pytest.fixture(scope="module")
-def demo_model(demo_model_dir):
-    return AutoModel.from_pretrained(demo_model_dir, trust_remote_code=True).eval()
-
-
 @pytest.fixture
 def images(tmp_path, demo_model_dir):
     """A folder of 10 demo images (3 in a subfolder) and one corrupt file."""

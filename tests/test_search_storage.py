@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from filelock import FileLock
 from PIL import ExifTags, Image
-from search_fixtures import REPO, save_demo_model, write_demo_images
-from transformers import AutoModel
+from search_fixtures import REPO, write_demo_images
 
 from viclip_ot import search
 from viclip_ot.search import (
@@ -35,17 +34,6 @@ QUERIES = ["hai hình tròn màu đỏ ở bên trái, nền trắng", "một h�
 class Killed(BaseException):
     """A simulated kill: no `except Exception` catches it, and the code under test has no cleanup that runs on it
     (what `finally` releases, the lock, the OS releases on a real kill)."""
-
-
-@pytest.fixture(scope="module")
-def demo_model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("demo_model")
-    return save_demo_model(folder, folder / "cache")
-
-
-@pytest.fixture(scope="module")
-def demo_model(demo_model_dir):
-    return AutoModel.from_pretrained(demo_model_dir, trust_remote_code=True).eval()
 
 
 @pytest.fixture

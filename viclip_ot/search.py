@@ -1202,13 +1202,6 @@ def run_index(args) -> None:
             index.index_type, index.index_options = index_type, options
         else:  # the index's type and options, with the ones given replaced
             index.index_options.update(options)
-        index.update(
-            batch_size=args.batch_size,
-            num_workers=workers,
-            shard_size=args.shard_size,
-            rebuild=args.rebuild,
-            lock_timeout=args.lock_timeout,
-        )
     else:
         index = ImageIndex(
             output,
@@ -1220,13 +1213,13 @@ def run_index(args) -> None:
             model,
             model.name_or_path,
         )
-        index.update(
-            batch_size=args.batch_size,
-            num_workers=workers,
-            shard_size=args.shard_size,
-            rebuild=args.rebuild,
-            lock_timeout=args.lock_timeout,
-        )
+    index.update(
+        batch_size=args.batch_size,
+        num_workers=workers,
+        shard_size=args.shard_size,
+        rebuild=args.rebuild,
+        lock_timeout=args.lock_timeout,
+    )
     if state.is_main_process:
         if args.json:
             print(json.dumps(index.summary))
