@@ -104,3 +104,19 @@ def test_onnx_int8_towers_match_fp32_and_are_cached_per_fingerprint(make_model, 
     assert [p.name for p in (tmp_path / "model" / "onnx").iterdir()] == [
         modeling_viclip_ot.model_fingerprint(again)[:16]
     ]
+
+
+def test_sentence_transformers_in_bf16(make_model, photos, tmp_path):
+    """sentence-transformers' own bf16 route (`model_kwargs={"dtype": torch.bfloat16}`: the weights in bf16) encodes
+    texts and images within cosine 0.99 of the model's fp32 `encode_text` / `encode_image`, and really in bf16."""
+    from sentence_transformers import SentenceTransformer
+
+    model = make_model()
+    model.save_pretrained(tmp_path / "model")
+    st = SentenceTransformer(str(tmp_path / "model"), trust_remote_code=True, model_kwargs={"dtype": torch.bfloat16})
+    for embeds, reference in (
+        (st.encode(VIETNAMESE_TEXTS, convert_to_tensor=True), model.encode_text(VIETNAMESE_TEXTS)),
+        (st.encode(photos, convert_to_tensor=True), model.encode_image(photos)),
+    ):
+        assert embeds.dtype == torch.bfloat16
+        assert cosines(embeds.float(), reference).min() > 0.99
