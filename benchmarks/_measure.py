@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from dataset_scripts._common import atomic_write
+
 # ---- time ----------------------------------------------------------------------------------------------------
 
 
@@ -137,6 +139,13 @@ def run_worker(script, arguments):
 
 
 # ---- output --------------------------------------------------------------------------------------------------
+
+
+def write_results(path, text):
+    """Write a results file atomically (never left half-written) and say so."""
+    with atomic_write(path) as temporary:
+        temporary.write_text(text)
+    print(f"wrote {path}")
 
 
 def markdown_table(headers, rows):

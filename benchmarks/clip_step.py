@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _measure import environment, load_average, markdown_table, median, repeat_timing
+from _measure import environment, load_average, markdown_table, median, repeat_timing, write_results
 from train_step import make_batch
 
 from configuration_viclip_ot import VIETNAMESE_SBERT_CONFIG, ViCLIPOTConfig
@@ -128,9 +128,7 @@ def main():
     )
     print("\n" + text)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text + "\n")
-        print(f"wrote {output}")
+        write_results(output, text + "\n")
 
 
 if __name__ == "__main__":

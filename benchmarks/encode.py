@@ -36,6 +36,7 @@ from _measure import (
     random_captions,
     repeat_timing,
     spread,
+    write_results,
 )
 
 from configuration_viclip_ot import ViCLIPOTConfig
@@ -300,9 +301,7 @@ def main():
     )
     print("\n" + text)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text + "\n")
-        print(f"wrote {output}")
+        write_results(output, text + "\n")
 
 
 def write_backends(args):
@@ -341,9 +340,7 @@ def write_backends(args):
     print("\n" + text)
     output = args.output or (None if args.quick else BACKENDS_RESULTS)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text + "\n")
-        print(f"wrote {output}")
+        write_results(output, text + "\n")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _measure import environment, load_average, markdown_table
+from _measure import environment, load_average, markdown_table, write_results
 from PIL import Image
 from skimage import data
 
@@ -110,10 +110,11 @@ def main():
     table = markdown_table(["case", "decoding", "images/s", "of the encoder"], rows)
     print("\n" + table)
     if not args.no_write:
-        args.output.write_text(
+        write_results(
+            args.output,
             f"# Indexing throughput\n\n{started} at the start, {load_average()} at the end.\n\n"
             f"{__doc__.split(chr(10) * 2)[1]}\n\n{args.images} JPEGs of {megabytes:.1f} MB, batches of "
-            f"{args.batch_size}.\n\n{table}\n"
+            f"{args.batch_size}.\n\n{table}\n",
         )
 
 

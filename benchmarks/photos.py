@@ -21,6 +21,7 @@ from skimage import data
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from _measure import write_results  # noqa: E402
 from conftest import VIETNAMESE_TEXTS  # noqa: E402
 
 from modeling_viclip_ot import ViCLIPOTModel  # noqa: E402
@@ -109,9 +110,8 @@ def main():
         "12000x12000 photos: each photo is decoded, turned upright and resized before the next is opened, so the peak "
         "grows by about one decoded photo, not six.\n\n" + "\n".join(memory) + "\n"
     )
-    out = REPO / "benchmarks" / "results" / "photos.md"
-    out.write_text(text)
     print(text)
+    write_results(REPO / "benchmarks" / "results" / "photos.md", text)
 
 
 if __name__ == "__main__":

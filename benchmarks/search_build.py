@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from _measure import environment, load_average, markdown_table, run_worker
+from _measure import environment, load_average, markdown_table, run_worker, write_results
 
 from viclip_ot.search import FAISS_FILE, ImageIndex, write_shard
 
@@ -151,9 +151,10 @@ def main():
     table = markdown_table(headers, rows)
     print("\n" + table)
     if not args.no_write:
-        args.output.write_text(
+        write_results(
+            args.output,
             f"# Image index built from shards\n\n{started} at the start, {load_average()} at the end.\n\n"
-            f"{__doc__.split(chr(10) * 2)[1]}\n\n{table}\n"
+            f"{__doc__.split(chr(10) * 2)[1]}\n\n{table}\n",
         )
 
 
