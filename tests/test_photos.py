@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from search_fixtures import save_demo_model
 
 from dataset_scripts._common import rgb_image_bytes
 from processing_viclip_ot import load_rgb_image
@@ -32,21 +31,8 @@ def sideways_jpeg(path, upright_array, orientation=6):
     return np.rot90(decoded, k=-1 if orientation == 6 else 1)
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    return save_demo_model(folder, folder / "cache")
-
-
-@pytest.fixture(scope="module")
-def model(saved):
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(saved, trust_remote_code=True).eval()
-
-
 @pytest.mark.parametrize("orientation", [6, 8])
-def test_exif_turned_photo_equals_upright_through_every_path(saved, model, photos, tmp_path, orientation):
+def test_exif_turned_photo_equals_upright_through_every_path(demo_model_dir, demo_model, photos, tmp_path, orientation):
     from transformers import pipeline
 
     # A photo small enough that JPEG draft decoding does not apply, so every path decodes the same pixels.
@@ -59,14 +45,14 @@ def test_exif_turned_photo_equals_upright_through_every_path(saved, model, photo
     with Image.open(path) as opened:
         assert np.array_equal(np.asarray(load_rgb_image(opened)), expected_pixels)
 
-    expected = model.encode_image([upright])
-    torch.testing.assert_close(model.encode_image([path]), expected)
+    expected = demo_model.encode_image([upright])
+    torch.testing.assert_close(demo_model.encode_image([path]), expected)
     torch.testing.assert_close(
-        model.processor(images=[path])["pixel_values"], model.processor(images=[upright])["pixel_values"]
+        demo_model.processor(images=[path])["pixel_values"], demo_model.processor(images=[upright])["pixel_values"]
     )
-    extractor = pipeline("image-feature-extraction", model=str(saved), trust_remote_code=True)
+    extractor = pipeline("image-feature-extraction", model=str(demo_model_dir), trust_remote_code=True)
     torch.testing.assert_close(torch.tensor(extractor(str(path))[0]), expected[0], atol=1e-5, rtol=1e-5)
-    classifier = pipeline("zero-shot-image-classification", model=str(saved), trust_remote_code=True)
+    classifier = pipeline("zero-shot-image-classification", model=str(demo_model_dir), trust_remote_code=True)
     labels = ["hình tròn", "hình vuông"]
     assert classifier(str(path), candidate_labels=labels) == classifier(upright, candidate_labels=labels)
     # The corpus builders store the upright pixels (as PNG: no longer byte for byte).
@@ -76,12 +62,12 @@ def test_exif_turned_photo_equals_upright_through_every_path(saved, model, photo
     (tmp_path / "folder").mkdir()
     os.replace(path, tmp_path / "folder" / "phone.jpg")
     upright.save(tmp_path / "folder" / "other.png")
-    index = ImageIndex.build(model, tmp_path / "folder", show_progress_bar=False)
+    index = ImageIndex.build(demo_model, tmp_path / "folder", show_progress_bar=False)
     scores = {hit["path"]: hit["score"] for hit in index.search(upright, k=2)}
     assert scores[str(tmp_path / "folder" / "phone.jpg")] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_16_bit_png_equals_its_8_bit_version(saved, model, photos, tmp_path):
+def test_16_bit_png_equals_its_8_bit_version(demo_model_dir, demo_model, photos, tmp_path):
     from transformers import pipeline
 
     from processing_viclip_ot import ViCLIPOTImageFeatureExtractionPipeline
@@ -92,27 +78,27 @@ def test_16_bit_png_equals_its_8_bit_version(saved, model, photos, tmp_path):
     with Image.open(tmp_path / "16bit.png") as sixteen:
         assert sixteen.mode == "I;16"
         as_i = sixteen.convert("I")  # the 32-bit mode some decoders give
-    expected = model.encode_image([tmp_path / "8bit.png"])
-    torch.testing.assert_close(model.encode_image([tmp_path / "16bit.png"]), expected)
-    torch.testing.assert_close(model.encode_image([as_i]), expected)
+    expected = demo_model.encode_image([tmp_path / "8bit.png"])
+    torch.testing.assert_close(demo_model.encode_image([tmp_path / "16bit.png"]), expected)
+    torch.testing.assert_close(demo_model.encode_image([as_i]), expected)
     floats = Image.fromarray(gray.astype(np.float32) / 255)  # mode F in [0, 1]
-    torch.testing.assert_close(model.encode_image([floats]), expected)
+    torch.testing.assert_close(demo_model.encode_image([floats]), expected)
     # Both pipeline routes: the folder (its config names the pipeline class) and a model object.
-    from_folder = pipeline("image-feature-extraction", model=str(saved), trust_remote_code=True)
+    from_folder = pipeline("image-feature-extraction", model=str(demo_model_dir), trust_remote_code=True)
     from_object = pipeline(
         "image-feature-extraction",
-        model=model,
-        image_processor=model.processor.image_processor,
+        model=demo_model,
+        image_processor=demo_model.processor.image_processor,
         pipeline_class=ViCLIPOTImageFeatureExtractionPipeline,
     )
     for extractor in (from_folder, from_object):
         for image in (str(tmp_path / "16bit.png"), as_i):
             torch.testing.assert_close(torch.tensor(extractor(image)[0]), expected[0], atol=1e-5, rtol=1e-5)
-    white = model.encode_image([Image.new("RGB", photos[0].size, "white")])
+    white = demo_model.encode_image([Image.new("RGB", photos[0].size, "white")])
     assert float(expected @ white.T) < 0.999  # what clipping at 255 gave
 
 
-def test_heic_is_indexed_and_found(model, photos, tmp_path):
+def test_heic_is_indexed_and_found(demo_model, photos, tmp_path):
     pillow_heif = pytest.importorskip("pillow_heif")
     photo = photos[2].resize((120, 80))
     pillow_heif.from_pillow(photo).save(tmp_path / "iphone.heic", quality=95)
@@ -120,7 +106,7 @@ def test_heic_is_indexed_and_found(model, photos, tmp_path):
     with Image.open(tmp_path / "iphone.heic") as decoded:
         decoded = decoded.convert("RGB")
     assert np.abs(np.asarray(decoded, dtype=int) - np.asarray(photo, dtype=int)).mean() < 6  # lossy, but the photo
-    index = ImageIndex.build(model, tmp_path, show_progress_bar=False)
+    index = ImageIndex.build(demo_model, tmp_path, show_progress_bar=False)
     assert len(index) == 2
     (hit,) = index.search(decoded, k=1)
     assert hit["path"] == str(tmp_path / "iphone.heic") and hit["score"] == pytest.approx(1.0, abs=1e-5)
@@ -134,20 +120,20 @@ def test_heic_without_the_plugin_is_named_with_the_extra(tmp_path, monkeypatch):
         assert [path for path, _, _ in scan_images(tmp_path)] == ["b.png"]
 
 
-def test_jpeg_draft_decodes_small_and_close(model, photos, tmp_path):
+def test_jpeg_draft_decodes_small_and_close(demo_model, photos, tmp_path):
     big = photos[1].resize((1800, 1200), Image.Resampling.BICUBIC)
     big.save(tmp_path / "big.jpg", quality=95)
-    image_processor = model.processor.image_processor
+    image_processor = demo_model.processor.image_processor
     drafted = load_rgb_image(tmp_path / "big.jpg", draft_size=image_processor.resize_size)
     assert min(drafted.size) >= image_processor.resize_size and drafted.size[0] <= 1800 // 4
     assert min(image_processor.load(tmp_path / "big.jpg").size) == image_processor.resize_size
     with Image.open(tmp_path / "big.jpg") as full:
         full = full.convert("RGB")
-    similarity = float(model.encode_image([tmp_path / "big.jpg"]) @ model.encode_image([full]).T)
+    similarity = float(demo_model.encode_image([tmp_path / "big.jpg"]) @ demo_model.encode_image([full]).T)
     assert 0.99 < similarity  # measured in benchmarks/photos.py on real photos
 
 
-def test_broken_folder_indexes_the_rest_and_names_them(model, photos, tmp_path, monkeypatch):
+def test_broken_folder_indexes_the_rest_and_names_them(demo_model, photos, tmp_path, monkeypatch):
     root = tmp_path / "photos"
     (root / "sub").mkdir(parents=True)
     photos[0].resize((40, 40)).save(root / "good.png")
@@ -174,7 +160,7 @@ def test_broken_folder_indexes_the_rest_and_names_them(model, photos, tmp_path, 
         ),
     )
     with pytest.warns(UserWarning) as caught:
-        index = ImageIndex.build(model, root, show_progress_bar=False)
+        index = ImageIndex.build(demo_model, root, show_progress_bar=False)
     (message,) = [str(warning.message) for warning in caught if "walking" in str(warning.message)]
     for name in ("dangling.png", "self.png", "pipe.jpg (not a regular file)", "locked (Permission denied)", "sub/loop"):
         assert name in message
@@ -185,7 +171,7 @@ def test_broken_folder_indexes_the_rest_and_names_them(model, photos, tmp_path, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         index.save(tmp_path / "index")
-    loaded = ImageIndex.load(tmp_path / "index", model)
+    loaded = ImageIndex.load(tmp_path / "index", demo_model)
     (hit,) = loaded.search(root / raw_name, k=1)
     assert hit["path"] == str(root / raw_name) and hit["score"] == pytest.approx(1.0, abs=1e-5)
     assert Image.open(hit["path"]).size == (40, 40)
