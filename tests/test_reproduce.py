@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from training_setup import tiny_demo_config
 
 import reproduce
 from dataset_scripts import load_corpus
 from dataset_scripts.teacher_embeddings import TeacherEmbeddings, TeacherMismatchError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +101,7 @@ def test_full_study_pairs_seeds_records_threads_and_reports_paired_differences(t
     trained = []
     original = reproduce.train_run
     monkeypatch.setattr(reproduce, "train_run", lambda *a: trained.append(a) or original(*a))
-    small = tmp_path / "small.yaml"
-    small.write_text(
-        f"base: {REPO / 'configs' / 'demo.yaml'}\ncorpus_options: {{test_size: 16, validation_size: 0}}\n"
-        "image_size: 32\nvision_model_kwargs: {embed_dim: 32, depth: 1, num_heads: 2, patch_size: 8}\n"
-        "small_text_tower_kwargs: {hidden_size: 32, num_heads: 2}\nper_device_train_batch_size: 8\n"
-        "eval_split: null\nmax_train_images: 16\nnum_train_epochs: 1\n"
-    )
+    small = tiny_demo_config(tmp_path / "small.yaml", "max_train_images: 16\nnum_train_epochs: 1\n")
     args = ["--study", "full", "--config", str(small), "--seeds", "0", "1", "--runs", str(tmp_path / "runs")]
     args += ["--work-dir", str(tmp_path / "work"), "--output", str(tmp_path / "full.md")]
     reproduce.main(args)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard
-from training_setup import demo_split, gradients, make_trainer, random_teacher, small_model
+from training_setup import demo_split, gradients, make_trainer, random_teacher, small_model, tiny_demo_config
 
 from dataset_scripts.teacher_embeddings import TeacherEmbeddings, TeacherMismatchError
 from modeling_viclip_ot import multi_positive_clip_loss
@@ -440,13 +440,7 @@ def test_ablation_driver_resumes_and_reports(tmp_path, monkeypatch):
     trained = []
     original = reproduce.train_run
     monkeypatch.setattr(reproduce, "train_run", lambda *a: trained.append(a) or original(*a))
-    small = tmp_path / "small.yaml"
-    small.write_text(
-        f"base: {REPO / 'configs' / 'demo.yaml'}\ncorpus_options: {{test_size: 16, validation_size: 0}}\n"
-        "image_size: 32\nvision_model_kwargs: {embed_dim: 32, depth: 1, num_heads: 2, patch_size: 8}\n"
-        "small_text_tower_kwargs: {hidden_size: 32, num_heads: 2}\nper_device_train_batch_size: 8\n"
-        "eval_split: null\n"
-    )
+    small = tiny_demo_config(tmp_path / "small.yaml")
     args = [
         "--config",
         str(small),

@@ -71,3 +71,16 @@ def make_trainer(model, output_dir, train_dataset=None, teacher=None, loss_type=
 
 def gradients(model):
     return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def tiny_demo_config(path, extra=""):
+    """Write `configs/demo.yaml` shrunk to tiny towers and 16 test images (no validation) at `path`, plus the YAML
+    lines `extra`; returns `path`."""
+    repo = Path(__file__).resolve().parents[1]
+    path.write_text(
+        f"base: {repo / 'configs' / 'demo.yaml'}\ncorpus_options: {{test_size: 16, validation_size: 0}}\n"
+        "image_size: 32\nvision_model_kwargs: {embed_dim: 32, depth: 1, num_heads: 2, patch_size: 8}\n"
+        "small_text_tower_kwargs: {hidden_size: 32, num_heads: 2}\nper_device_train_batch_size: 8\n"
+        "eval_split: null\n" + extra
+    )
+    return path
