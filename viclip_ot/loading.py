@@ -24,9 +24,9 @@ def model_source(name: str) -> str:
     return name
 
 
-def load_model(name_or_path: str, device=None) -> ViCLIPOTModel:
-    """A saved ViCLIP-OT model (folder or Hub id) in eval mode on `device`, built with this package's classes from
-    `model.safetensors` (a folder's own code and pickled weights are ignored)."""
+def load_model(name_or_path: str, device=None, revision=None) -> ViCLIPOTModel:
+    """A saved ViCLIP-OT model (folder, or Hub id at `revision`) in eval mode on `device`, built with this package's
+    classes from `model.safetensors` (a folder's own code and pickled weights are ignored)."""
     name = model_source(str(name_or_path))
     config_file = Path(name, "config.json")
     if Path(name).is_dir():
@@ -39,7 +39,7 @@ def load_model(name_or_path: str, device=None) -> ViCLIPOTModel:
         if model_type != ViCLIPOTModel.config_class.model_type:
             raise ValueError(f"{name} is no ViCLIP-OT model: its {config_file.name} has model_type {model_type!r}")
     try:
-        model = ViCLIPOTModel.from_pretrained(name, use_safetensors=True).eval()
+        model = ViCLIPOTModel.from_pretrained(name, revision=revision, use_safetensors=True).eval()
     except OSError as error:  # no model.safetensors (pickled weights only), or not on the Hub / offline
         raise FileNotFoundError(f"cannot load the model {name} (safetensors weights only): {error}") from error
     if Path(name).is_dir():

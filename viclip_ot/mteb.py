@@ -38,6 +38,8 @@ from dataset_scripts._common import atomic_write
 from dataset_scripts.loading import parse_option
 from modeling_viclip_ot import ViCLIPOTModel
 
+from .loading import load_model as load_saved_model
+
 VIETNAMESE_MIEB = ("XM3600T2IRetrieval", "XM3600I2TRetrieval", "WITT2IRetrieval", "WITI2TRetrieval")
 # The project's corpora that are (part of) mteb tasks: a model trained on them has seen those tasks' data.
 MTEB_TASKS_OF_CORPUS = {"crossmodal3600": {"XM3600T2IRetrieval", "XM3600I2TRetrieval"}}
@@ -71,7 +73,7 @@ class ViCLIPOTEncoder(AbsEncoder):
         path = str(path or model_name)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         hub_revision = None if Path(path).is_dir() else revision
-        self.model = ViCLIPOTModel.from_pretrained(path, revision=hub_revision).to(device).eval()
+        self.model = load_saved_model(path, device, revision=hub_revision)
         if self.model.processor is None:
             raise ValueError(f"{path} has no processor (processor_config.json): it cannot encode texts or images")
         self.mteb_model_meta = model_meta(
@@ -97,7 +99,8 @@ class ViCLIPOTEncoder(AbsEncoder):
 
 def load_model(path_or_hub_id, *, name=None, revision=None, device=None, **meta) -> ViCLIPOTEncoder:
     """An mteb encoder for a saved ViCLIP-OT model (a folder written by `save_pretrained` or `train.py`, a converted
-    release of the authors, or a Hub id), loaded with this package's `ViCLIPOTModel` (no remote code).
+    release of the authors, or a Hub id), loaded by `viclip_ot.loading.load_model` (this package's classes,
+    safetensors only, no remote code).
 
     Args:
         path_or_hub_id: the folder or Hub repository.
