@@ -276,6 +276,7 @@ def main(argv=None):
             f"wrote {args.output}: {len(embeddings.image_ids)} images, {len(embeddings.text_embeds)} captions, "
             f"dimension {embeddings.dimension}"
         )
+    accelerator.end_training()  # tears the process group down before the interpreter exits
 
 
 if __name__ == "__main__":
