@@ -1,14 +1,16 @@
 """Image index built from shards at scale: build time, peak memory, size, query latency and recall, filtered queries.
 
-`n` synthetic 768-d unit vectors ("latent": a random 32-d subspace plus 10 % noise, as in `benchmarks/search.py`)
-are written as the shards `index` writes (`write_shard`, 16,384 rows each), then a fresh process commits them
-(`ImageIndex.commit_shards`: embeddings copied into one `.npy`, FAISS trained on a sample and filled block by
-block) and reports its build seconds and peak resident memory (VmHWM). Queries (one at a time, p50 / p99 over
-`--queries`) go through `ImageIndex.search_embeddings` (re-ranking included); recall@10 is the overlap with the exact
-top 10 (a scan of the memory-mapped embeddings). Filtered queries: the images under one folder (a quarter of them)
-and the images of one week (about 1 %).
+`n` synthetic 768-d unit vectors (`--data`: "latent", a random 32-d subspace plus 10 % noise, or "clustered", `n /
+100` centres plus noise of norm 1.5, both generated as in `benchmarks/search.py`) are written as the shards `index`
+writes (`write_shard`, 16,384 rows each), then a fresh process commits them (`ImageIndex.commit_shards`: embeddings
+copied into one `.npy`, FAISS trained on a sample and filled block by block) and reports its build seconds and peak
+resident memory (VmHWM). Queries (one at a time, p50 / p99 over `--queries`) go through
+`ImageIndex.search_embeddings` (re-ranking included); recall@10 is the overlap with the exact top 10 (a scan of the
+memory-mapped embeddings). Filtered queries: the images under one folder (a quarter of them) and the images of one
+week (about 0.2 %).
 
     python benchmarks/search_build.py --sizes 100000 1000000      # writes benchmarks/results/search-build.md
+    python benchmarks/search_build.py --sizes 1000000 --data clustered --output OTHER.md
 """
 
 import argparse
@@ -21,25 +23,33 @@ from pathlib import Path
 
 import numpy as np
 from _measure import environment, load_average, markdown_table, run_worker, write_results
+from search import DIM, LATENT_DIM, latent_unit_vectors, unit_vectors
 
 from viclip_ot.search import FAISS_FILE, ImageIndex, write_shard
 
 RESULTS = Path(__file__).parent / "results" / "search-build.md"
-DIM = 768
-LATENT_DIM = 32
 SHARD = 16_384
 DAY = 86_400 * 10**9
 START = int(datetime(2015, 1, 1).timestamp()) * 10**9
 
 
-def write_shards(folder: Path, count: int, rng) -> tuple[np.ndarray, float]:
-    """The shards of `count` latent vectors (4 folders, one image every `10 years / count`); the mixing matrix."""
-    mixing = rng.standard_normal((LATENT_DIM, DIM), dtype=np.float32)
+def sampler(data, size, rng, noise=1.5):
+    """A function drawing `count` vectors of the collection's distribution (`data`: "latent" or "clustered")."""
+    if data == "latent":
+        mixing = rng.standard_normal((LATENT_DIM, DIM), dtype=np.float32)
+        return lambda count: latent_unit_vectors(count, mixing, rng)
+    centres = rng.standard_normal((max(1, size // 100), DIM), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    return lambda count: unit_vectors(count, centres, noise, rng)
+
+
+def write_shards(folder: Path, count: int, draw) -> float:
+    """Write the shards of `count` vectors from `draw` (4 folders, one image every `10 years / count`); seconds."""
     step = 3650 * DAY // count
     start = time.perf_counter()
     for first in range(0, count, SHARD):
         rows = min(SHARD, count - first)
-        vectors = latent(rows, mixing, rng)
+        vectors = draw(rows)
         ids = range(first, first + rows)
         shard = {
             "path": [f"folder{row % 4}/{row:09d}.jpg" for row in ids],
@@ -50,13 +60,7 @@ def write_shards(folder: Path, count: int, rng) -> tuple[np.ndarray, float]:
             "error": [""] * rows,
         }
         write_shard(folder / "work", shard, DIM, "synthetic")
-    return mixing, time.perf_counter() - start
-
-
-def latent(count, mixing, rng):
-    block = rng.standard_normal((count, LATENT_DIM), dtype=np.float32) @ mixing / np.float32(np.sqrt(DIM))
-    block += rng.standard_normal((count, DIM), dtype=np.float32) * np.float32(0.1 / np.sqrt(DIM))
-    return block / np.linalg.norm(block, axis=1, keepdims=True)
+    return time.perf_counter() - start
 
 
 def commit(folder: str, index_type: str, options: str) -> None:
@@ -79,15 +83,16 @@ def latency(index, queries, **filters):
     return 1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99), found
 
 
-def measure(size, index_type, options, args, rng):
+def measure(size, data, index_type, options, args, rng):
     with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
-        mixing, write_seconds = write_shards(Path(work), size, rng)
+        draw = sampler(data, size, rng)
+        write_seconds = write_shards(Path(work), size, draw)
         built = run_worker(__file__, ["--commit", work, index_type, json.dumps(options)])
         index = ImageIndex.load(work)
         version = Path(work) / index.version
         disk = sum(path.stat().st_size for path in version.rglob("*") if path.is_file()) / 2**30
         faiss_size = (version / FAISS_FILE).stat().st_size / 2**30 if (version / FAISS_FILE).exists() else 0.0
-        queries = latent(args.queries, mixing, rng)
+        queries = draw(args.queries)
         exact = index.search_embeddings(queries[: args.queries], 10)
         exact = [[hit["path"] for hit in hits] for hits in exact]
         rows = []
@@ -110,6 +115,7 @@ def measure(size, index_type, options, args, rng):
             rows.append(
                 [
                     f"{size:,}",
+                    data,
                     index_type,
                     json.dumps(options) if options else "",
                     name,
@@ -131,6 +137,7 @@ def main():
         return commit(*sys.argv[2:5])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--data", nargs="+", choices=["latent", "clustered"], default=["latent"])
     parser.add_argument("--types", nargs="+", default=["ivfpq"], help="index types (opq trains slowly at 768-d)")
     parser.add_argument("--nprobe", type=int, default=32)
     parser.add_argument("--pq-m", type=int, default=64)
@@ -143,10 +150,12 @@ def main():
     rng = np.random.default_rng(0)
     rows = []
     for size in args.sizes:
-        for index_type in args.types:
-            options = {"nprobe": args.nprobe, "pq_m": args.pq_m} if index_type in ("ivfpq", "opq") else {}
-            rows += measure(size, index_type, options, args, rng)
-    headers = ["images", "index", "options", "filter", "shards s", "build s", "build peak GiB", "disk / FAISS GiB"]
+        for data in args.data:
+            for index_type in args.types:
+                options = {"nprobe": args.nprobe, "pq_m": args.pq_m} if index_type in ("ivfpq", "opq") else {}
+                rows += measure(size, data, index_type, options, args, rng)
+    headers = ["images", "data", "index", "options", "filter", "shards s", "build s", "build peak GiB"]
+    headers += ["disk / FAISS GiB"]
     headers += ["1 query p50 / p99 ms", "recall@10", "k hits"]
     table = markdown_table(headers, rows)
     print("\n" + table)
