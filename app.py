@@ -1,5 +1,5 @@
-"""Web app (Gradio): search a photo index by a Vietnamese description or by an uploaded image, and classify an
-uploaded image zero-shot against Vietnamese labels.
+"""Web app (Gradio): search a photo index by a Vietnamese description, an uploaded image or both (weighted), filtered
+by folder and date taken, and classify an uploaded image zero-shot against Vietnamese labels.
 
     pip install 'viclip-ot[app]'
     python app.py --model MODEL --index INDEX     # an index made by `python -m viclip_ot.search index`
@@ -13,9 +13,11 @@ import argparse
 import ipaddress
 import os
 import warnings
+from datetime import date, timedelta
 from pathlib import Path
 
 import gradio as gr
+import pyarrow.compute as pc
 from transformers import AutoModelForZeroShotImageClassification, pipeline
 
 from modeling_viclip_ot import ENCODE_BACKENDS
@@ -46,16 +48,63 @@ def gallery(hits, root):
     return items
 
 
-def read_upload(upload):
+def read_upload(upload, image_processor):
     """The uploaded image of an event that skips Gradio's preprocessing (`preprocess=False`: Gradio's own gives no
-    reason for a file that is no image), as RGB; otherwise a `gr.Error` that says what is wrong."""
+    reason for a file that is no image), read by the model's image loader (`image_processor.load`, as the index and
+    `encode_image` read files: EXIF orientation, PIL's decompression-bomb limit); otherwise a `gr.Error` that says
+    what is wrong."""
     if upload is None:
         raise gr.Error("Tải một ảnh lên (upload an image)")
     try:
-        return load_rgb_image(upload["path"])
+        return image_processor.load(upload["path"])
     except UNREADABLE as error:
         name = upload.get("orig_name") or "the upload"
         raise gr.Error(f"{name} không phải là ảnh (is not an image: {error})") from None
+
+
+def folders(index: ImageIndex) -> list[str]:
+    """The folders holding indexed images and every folder above them (relative to the indexed one, as the index
+    stores paths), sorted: the choices of the folder filter."""
+    parents = pc.replace_substring_regex(index.dataset.with_format("arrow")["path"], r"(^|/)[^/]*$", "")
+    found = set()
+    for folder in pc.unique(parents).to_pylist():
+        while folder:
+            found.add(folder)
+            folder = folder.rpartition("/")[0]
+    return sorted(found)
+
+
+def parse_date(text, label) -> date | None:
+    """The date `text` (YYYY-MM-DD) of the date input `label`; `None` when empty; otherwise a `gr.Error`."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return date.fromisoformat(str(text).strip())
+    except ValueError:
+        raise gr.Error(f"{label}: ngày không hợp lệ (not a date, expected YYYY-MM-DD): {text!r}") from None
+
+
+def search_photos(index, text=None, upload=None, image_weight=0.5, k=12, folder="", taken_from=None, taken_to=None):
+    """The `k` best hits (`[{"path", "score"}]`, as `ImageIndex.search_embeddings` gives them: `k` whenever `k`
+    images match) for a text, an uploaded image or both, weighted by `image_weight` through
+    `ImageIndex.query_embedding` as `python -m viclip_ot.search query` does; among the images under `folder` (one of
+    [`folders`], "" for all) taken from the date `taken_from` to the date `taken_to`, both included (YYYY-MM-DD;
+    empty: unbounded). Inputs come as Gradio sends them (`preprocess=False`); a bad one is a `gr.Error`."""
+    text = text.strip() if text and text.strip() else None
+    if text is None and upload is None:
+        raise gr.Error("Nhập một mô tả, tải một ảnh lên, hoặc cả hai (type a description, upload an image, or both)")
+    if not 0 <= float(image_weight) <= 1:
+        raise gr.Error(f"Trọng số ảnh phải trong [0, 1] (the image weight must be in [0, 1]): {image_weight}")
+    folder = (folder or "").strip("/")
+    if folder and not pc.any(pc.starts_with(index.dataset.with_format("arrow")["path"], folder + "/")).as_py():
+        raise gr.Error(f"Không có thư mục này trong chỉ mục (no such folder in the index): {folder!r}")
+    start, end = parse_date(taken_from, "Chụp từ ngày (taken from)"), parse_date(taken_to, "đến ngày (taken to)")
+    if start and end and start > end:
+        raise gr.Error(f"Ngày bắt đầu sau ngày kết thúc (the range starts after it ends): {start} > {end}")
+    image = None if upload is None else read_upload(upload, index.model.processor.image_processor)
+    embedding = index.query_embedding(text, image, float(image_weight))
+    before = end + timedelta(days=1) if end else None
+    return index.search_embeddings(embedding, int(k), folder or None, start, before)[0]
 
 
 def check_template(template):
@@ -81,20 +130,20 @@ def build_app(index: ImageIndex) -> gr.Blocks:
         pipeline_class=ViCLIPOTZeroShotImageClassificationPipeline,  # texts and images handled as the processor does
     )
 
-    def search_text(query, k):
-        if not query or not query.strip():
-            raise gr.Error("Nhập một mô tả (type a description)")
-        return gallery(index.search(query.strip(), k=int(k)), index.root)
-
-    def search_image(upload, k):
-        return gallery(index.search(read_upload(upload), k=int(k)), index.root)
+    def search(text, upload, image_weight, k, folder, taken_from, taken_to):
+        hits = search_photos(index, text, upload, image_weight, k, folder, taken_from, taken_to)
+        if not hits:
+            gr.Warning("Không có ảnh nào khớp bộ lọc (no image matches the filters)")
+        return gallery(hits, index.root)
 
     def classify(upload, labels, template):
         labels = [label.strip() for label in labels.replace("\n", ",").split(",") if label.strip()]
         if not labels:
             raise gr.Error("Nhập các nhãn, cách nhau bởi dấu phẩy (comma-separated labels)")
         check_template(template)
-        results = classifier(read_upload(upload), candidate_labels=labels, hypothesis_template=template)
+        results = classifier(
+            read_upload(upload, model.processor.image_processor), candidate_labels=labels, hypothesis_template=template
+        )
         return {result["label"]: result["score"] for result in results}
 
     with gr.Blocks(title="ViCLIP-OT: tìm ảnh", delete_cache=DELETE_CACHE) as app:
@@ -102,22 +151,30 @@ def build_app(index: ImageIndex) -> gr.Blocks:
             f"# ViCLIP-OT: tìm ảnh bằng tiếng Việt\n{len(index)} images in `{index.root}`, "
             f"model `{index.model_name or 'unnamed'}`."
         )
-        with gr.Tab("Tìm bằng mô tả (text)"):
+        with gr.Tab("Tìm ảnh (search)"):
             with gr.Row():
-                query = gr.Textbox(label="Mô tả", placeholder=EXAMPLE_QUERIES[0], elem_id="text-query", scale=4)
-                text_k = gr.Slider(1, 48, value=12, step=1, label="Số ảnh (top-k)", scale=1)
-            text_button = gr.Button("Tìm", variant="primary", elem_id="text-search")
-            text_results = gr.Gallery(label="Kết quả", columns=6, elem_id="text-results")
+                query = gr.Textbox(label="Mô tả", placeholder=EXAMPLE_QUERIES[0], elem_id="text-query", scale=3)
+                upload = gr.Image(type="filepath", label="Ảnh (không bắt buộc)", elem_id="image-query", scale=1)
+            with gr.Row():
+                image_weight = gr.Slider(
+                    0, 1, value=0.5, step=0.05, label="Trọng số ảnh (khi có cả mô tả và ảnh)", elem_id="image-weight"
+                )
+                k = gr.Slider(1, 48, value=12, step=1, label="Số ảnh (top-k)", elem_id="top-k")
+            with gr.Row():
+                folder = gr.Dropdown(
+                    [("Tất cả", ""), *((name, name) for name in folders(index))],
+                    value="",
+                    label="Thư mục",
+                    elem_id="folder",
+                )
+                taken_from = gr.DateTime(include_time=False, type="string", label="Chụp từ ngày", elem_id="taken-from")
+                taken_to = gr.DateTime(include_time=False, type="string", label="đến ngày", elem_id="taken-to")
+            button = gr.Button("Tìm", variant="primary", elem_id="search")
+            results = gr.Gallery(label="Kết quả", columns=6, elem_id="results")
             gr.Examples(EXAMPLE_QUERIES, inputs=query)
-            text_button.click(search_text, [query, text_k], text_results)
-            query.submit(search_text, [query, text_k], text_results)
-        with gr.Tab("Tìm bằng ảnh (image)"):
-            with gr.Row():
-                upload = gr.Image(type="filepath", label="Ảnh", elem_id="image-query")
-                image_k = gr.Slider(1, 48, value=12, step=1, label="Số ảnh (top-k)")
-            image_button = gr.Button("Tìm ảnh giống", variant="primary", elem_id="image-search")
-            image_results = gr.Gallery(label="Kết quả", columns=6, elem_id="image-results")
-            image_button.click(search_image, [upload, image_k], image_results, preprocess=False)
+            inputs = [query, upload, image_weight, k, folder, taken_from, taken_to]
+            button.click(search, inputs, results, preprocess=False)
+            query.submit(search, inputs, results, preprocess=False)
         with gr.Tab("Phân loại (zero-shot)"):
             with gr.Row():
                 to_classify = gr.Image(type="filepath", label="Ảnh", elem_id="classify-image")
