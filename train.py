@@ -18,6 +18,7 @@ from processing_viclip_ot import ViCLIPOTProcessor
 from viclip_ot.arguments import parse_arguments
 from viclip_ot.cli import run
 from viclip_ot.data import ContrastiveCollator, train_transform
+from viclip_ot.loading import load_model
 from viclip_ot.losses import LOSS_TYPES, ContrastiveOTLoss
 from viclip_ot.metrics import format_metrics_table
 from viclip_ot.towers import save_small_text_tower, small_config, small_image_tower_kwargs
@@ -32,7 +33,7 @@ def load_split(data, split, limit=None):
 def build_model(model_args, train_dataset, output_dir):
     """A saved model to continue from, small random towers (demo), or the pretrained towers of the config."""
     if model_args.model_name_or_path:
-        return ViCLIPOTModel.from_pretrained(model_args.model_name_or_path)
+        return load_model(model_args.model_name_or_path)
     if not model_args.small_towers:
         return ViCLIPOTModel.from_towers(
             model_args.vision_tower,

@@ -1,32 +1,37 @@
-"""Training-step cost of ViCLIP-OT with the paper's towers (random weights): three questions of the issue.
+"""Training-step cost of ViCLIP-OT with the paper's towers (random weights): time, memory and the loss's share.
 
-(a) Encoding each image once (this project: B images through the image tower, the loss expands them to caption rows
-    through `caption_image_index`) against encoding each image once per caption (the authors' code: the pixel rows
-    are repeated per caption, 5x the image-tower work). Same captions, same CLIP + SIGROT loss; the baseline's loss
-    is computed on its per-row image embeddings with the positives and the teacher graph of the true images (see
-    `per_row_loss`), which is the authors' formulation and costs the same as ours.
-(b) Peak memory of a 128-image step (5 captions each) with gradient caching in chunks of 16 images
-    (`viclip_ot.gradcache.cached_backward` over `viclip_ot.data.gradcache_chunks`, as `ViCLIPOTTrainer` does)
-    against a plain 16-image step.
-(c) The loss's share of that 128-image step: CLIP + SIGROT (graph, Sinkhorn plan, KL) forward and backward to
-    the embeddings and the logit scale.
+Every step of this project is `ViCLIPOTTrainer.training_step` (transformers' step: `compute_loss`, gradient caching
+when the batch is larger than `gradcache_chunk_size`, `accelerator.backward`), then the trainer's optimizer
+(`create_optimizer`: fused AdamW, backbones at 5e-5, heads at 2e-4), `zero_grad(set_to_none=True)` and the
+logit-scale clamp. Loss: `ContrastiveOTLoss("clip_sigrot")` with the paper's options (lambda 0.1, eps 0.05, tau 0.5,
+<= 200 Sinkhorn iterations, tol 1e-6); teacher rows random L2-normalised 2048-d (Qwen3-VL-Embedding-2B's width);
+captions random PhoBERT token ids, 15-30 tokens, padded to the longest of the batch.
 
-A step = forward of both towers (`model(...)`, as the trainer's `compute_loss`), the loss, backward,
-`AdamW.step()`, `zero_grad(set_to_none=True)` and the logit-scale clamp. Loss: `ContrastiveOTLoss("clip_sigrot")`
-with the paper's options, teacher embeddings random L2-normalised 2048-d (Qwen3-VL-Embedding-2B's width).
-Captions: random PhoBERT token ids, 15-30 tokens, padded to the longest of the batch.
+(a) Each image encoded once (this project: B images through the image tower, the loss expands them to caption rows
+    through `caption_image_index`) against once per caption (the authors' code: the pixel rows repeated per caption,
+    5x the image-tower work). The authors' loss (`per_row_loss`) takes the per-row image embeddings as rows of the
+    CLIP logits and the SIGROT cost, with the positives and the teacher graph of the true images: it costs the same
+    as ours and equals it when the rows are the expanded image embeddings (`check_per_row_loss`, at start-up). The
+    two layouts run interleaved after a 2-image warm-up step and the memory step of (b). Each tower is also timed
+    alone (forward + backward, CPU time): if the towers' time grew in proportion to their batch, the authors' layout
+    would cost (5 x image + text) / (image + text) of the towers' time; a CPU adds the larger batch's memory traffic
+    (compare the system time and page faults).
+(b) Peak memory of a 128-image step (5 captions each) with gradient caching in chunks of 16 images against a plain
+    16-image step, each once, in fresh processes, after the warm-up step allocated the AdamW state; the gradients
+    are freed before each step, so both allocate them. On the CPU memory is the process's resident set size: the peak
+    (VmHWM, reset through /proc/self/clear_refs just before the step) and the "extra" over the size just before it
+    (activations, gradients, optimizer temporaries, memory the allocator kept); on CUDA
+    `torch.cuda.max_memory_allocated` likewise. The peak of the authors' layout in (a) is the highest over its runs,
+    which reuse the memory this project's steps freed in the same process.
+(c) The loss's share of that 128-image step: the step's phases (timestamps from hooks on the model and the loss),
+    and CLIP + SIGROT forward + backward timed again (1 warm-up, median) on the very arguments the step fed its loss,
+    backward to the embeddings and the scale. On a GPU the towers run far faster while the Sinkhorn loop stays a
+    chain of small kernels, so this share must be measured there too.
 
-Each of the two workers runs in a fresh process: `small` (16 images: its memory, then the (a) timings, the two
-cases interleaved) and `large` (the 128-image cached step, then the loss timings on the embeddings that step fed
-its loss). Memory on the CPU is the process's resident set size: the peak (VmHWM) is reset through
-/proc/self/clear_refs just before a step, and a step's "extra" is its peak minus the resident size before it
-(parameters and AdamW state are already allocated then: a 2-image warm-up step ran first; gradients are not, they
-were set to None). On CUDA it is `torch.cuda.max_memory_allocated` likewise. Every step also records the
-process's user and system CPU time and minor page faults: on a shared machine CPU time is less disturbed by other
-processes than wall-clock time.
-
-The raw results go to a .json beside the Markdown; `--only small|large` measures one part again and keeps the other,
-`--report-only` rewrites the Markdown from the .json.
+Every step also records the process's user and system CPU time and minor page faults: on a shared machine CPU time
+is less disturbed by other processes than wall-clock time. The workers `small` ((a), the plain step) and `large` (the
+cached step, (c)) run in fresh processes; their raw results go to a .json beside the Markdown; `--only small|large`
+measures one part again and keeps the other, `--report-only` rewrites the Markdown from the .json.
 
     python benchmarks/train_step.py                 # CPU fp32, writes benchmarks/results/train_step.{md,json}
     python benchmarks/train_step.py --quick         # smoke run: 2-block towers, tiny batches, no file
@@ -38,6 +43,8 @@ import argparse
 import functools
 import gc
 import json
+import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,40 +65,48 @@ from _measure import (
     spread,
     synchronize,
     time_call,
+    write_results,
 )
 
 from configuration_viclip_ot import VIETNAMESE_SBERT_CONFIG, ViCLIPOTConfig
 from modeling_viclip_ot import ViCLIPOTModel, same_image_mask
-from viclip_ot.data import gradcache_chunks
-from viclip_ot.gradcache import cached_backward
+from viclip_ot.arguments import ViCLIPOTTrainingArguments
 from viclip_ot.losses import ContrastiveOTLoss, sigrot_loss, similarity_graph
+from viclip_ot.trainer import ViCLIPOTTrainer
 
 RESULTS = Path(__file__).parent / "results" / "train_step.md"
 TEACHER_DIM = 2048
 
 
-# ---- model, batch, loss ----------------------------------------------------------------------------------------
+# ---- trainer, batch, the authors' loss -------------------------------------------------------------------------
 
 
-def build(args):
+def build_trainer(args, output_dir):
+    """A `ViCLIPOTTrainer` of the paper-size model (2-block towers with `--quick`) in the mixed precision of
+    `--dtype`, gradient caching in chunks of `--chunk-size`."""
     torch.manual_seed(0)
-    if args.quick:  # same widths, 2 blocks per tower
-        config = ViCLIPOTConfig(
+    config = (
+        ViCLIPOTConfig(
             vision_model_kwargs={"depth": 2}, text_config={**VIETNAMESE_SBERT_CONFIG, "num_hidden_layers": 2}
         )
-    else:
-        config = ViCLIPOTConfig()
-    model = ViCLIPOTModel(config).to(args.device).train()
-    head_names = ("vision_head.", "text_projection.", "logit_")
-    heads = [p for n, p in model.named_parameters() if n.startswith(head_names)]
-    backbones = [p for n, p in model.named_parameters() if not n.startswith(head_names)]
-    optimizer = torch.optim.AdamW(
-        [{"params": backbones, "lr": 5e-5}, {"params": heads, "lr": 2e-4}],
-        eps=1e-10,
-        weight_decay=1e-4,
-        fused=True,  # the Trainer's default optimizer ("adamw_torch_fused" for torch >= 2.8)
+        if args.quick
+        else ViCLIPOTConfig()
     )
-    return model, optimizer
+    training_args = ViCLIPOTTrainingArguments(
+        output_dir=output_dir,
+        use_cpu=args.device == "cpu",
+        bf16=args.dtype == "bf16",
+        fp16=args.dtype == "fp16",
+        learning_rate=5e-5,
+        head_learning_rate=2e-4,
+        weight_decay=1e-4,
+        adam_epsilon=1e-10,
+        gradcache_chunk_size=args.chunk_size,
+        report_to="none",
+    )
+    trainer = ViCLIPOTTrainer(model=ViCLIPOTModel(config), args=training_args, loss_fn=ContrastiveOTLoss("clip_sigrot"))
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop of `train()`
+    return trainer
 
 
 def make_batch(images, captions_per_image, device, seed=0):
@@ -111,28 +126,15 @@ def make_batch(images, captions_per_image, device, seed=0):
     return {name: value.to(device) for name, value in batch.items()}
 
 
-def project_loss(loss_fn, image_embeds, text_embeds, batch, logit_scale):
-    """The project's loss on B unique images (what `ViCLIPOTTrainer._batch_loss` calls); `logit_scale` = log s."""
-    return loss_fn(
-        image_embeds,
-        text_embeds,
-        batch["caption_image_index"],
-        logit_scale.float().exp(),
-        teacher_image_embeds=batch["teacher_image_embeds"],
-        teacher_text_embeds=batch["teacher_text_embeds"],
-    ).loss
-
-
-def per_row_loss(loss_fn, row_image_embeds, text_embeds, batch, logit_scale):
-    """The same loss when the image tower produced one embedding per caption row (the authors' layout).
+def per_row_loss(loss_fn, row_image_embeds, text_embeds, batch, scale):
+    """`loss_fn`'s loss when the image tower produced one embedding per caption row (the authors' layout).
 
     Rows stay rows: the CLIP logits are s * x_i . y_j over the row embeddings and the SIGROT cost 1 - x_i . y_j
     likewise (`sigrot_loss` with the identity row index), while the positives of the CLIP targets and the teacher
-    graph come from the true image of each row. With x_i = image_embeds[caption_image_index[i]] this is exactly
-    `project_loss` (checked by `check_per_row_loss`)."""
+    graph come from the true image of each row."""
     index = batch["caption_image_index"]
     rows = torch.arange(index.shape[0], device=index.device)
-    scale = logit_scale.float().exp()
+    scale = scale.float()
     row_image_embeds, text_embeds = row_image_embeds.float(), text_embeds.float()
     logits = scale * row_image_embeds @ text_embeds.T
     positives = same_image_mask(index).float()
@@ -144,109 +146,94 @@ def per_row_loss(loss_fn, row_image_embeds, text_embeds, batch, logit_scale):
 
 
 def check_per_row_loss(loss_fn):
-    """The baseline's loss equals the project's when the row embeddings are the expanded image embeddings."""
+    """The authors' loss equals `loss_fn` when the row embeddings are the expanded image embeddings."""
     generator = torch.Generator().manual_seed(1)
     batch = make_batch(3, 2, "cpu")
     images = F.normalize(torch.randn(3, 768, generator=generator), dim=-1)
     texts = F.normalize(images.repeat_interleave(2, 0) + torch.randn(6, 768, generator=generator), dim=-1)
-    scale = torch.tensor(2.0)
-    ours = project_loss(loss_fn, images, texts, batch, scale)
-    theirs = per_row_loss(loss_fn, images[batch["caption_image_index"]], texts, batch, scale)
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    scale, index = torch.tensor(2.0).exp(), batch["caption_image_index"]
+    teacher = {name: batch[name] for name in ("teacher_image_embeds", "teacher_text_embeds")}
+    ours = loss_fn(images, texts, index, scale, **teacher).loss
+    torch.testing.assert_close(per_row_loss(loss_fn, images[index], texts, batch, scale), ours, rtol=1e-5, atol=1e-6)
 
 
 # ---- steps -----------------------------------------------------------------------------------------------------
 
 
 class Step:
-    """One optimizer step of some kind; `phases` holds the seconds of its parts once it ran."""
+    """Optimizer steps of `trainer`'s model; `phases` holds the seconds of the last one's parts, from timestamps
+    that hooks on the model and the loss take, and `loss_arguments` what the last loss call was given (detached)."""
 
-    def __init__(self, model, optimizer, loss_fn, args):
-        self.model, self.optimizer, self.loss_fn, self.args = model, optimizer, loss_fn, args
-        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-        self.phases = {}
+    def __init__(self, trainer, device, chunk_size):
+        self.trainer, self.device, self.chunk_size = trainer, device, chunk_size
+        self.model = trainer.accelerator.prepare_model(trainer.model).train()  # mixed precision as in `train()`
+        self.optimizer = trainer.accelerator.prepare_optimizer(trainer.create_optimizer())
+        self.marks, self.phases, self.loss_arguments = {}, {}, None
+        self.model.register_forward_pre_hook(self._forward_begins)
+        trainer.loss_fn.register_forward_pre_hook(self._loss_begins, with_kwargs=True)
+        trainer.loss_fn.register_forward_hook(lambda *_: self.mark("loss end"))
 
-    def autocast(self):
-        return torch.autocast(torch.device(self.args.device).type, dtype=self.dtype, enabled=self.dtype is not None)
+    def mark(self, name):
+        synchronize(self.device)
+        self.marks[name] = time.perf_counter()
 
-    def mark(self, name, start):
-        synchronize(self.args.device)
-        now = time.perf_counter()
-        self.phases[name] = now - start
-        return now
+    def _forward_begins(self, module, inputs):
+        if "loss end" in self.marks and "replay" not in self.marks:  # a cached step's first re-encoding
+            self.mark("replay")
 
-    def finish(self, start):
-        """The optimizer's part of the step."""
+    def _loss_begins(self, module, args, kwargs):
+        self.mark("loss")
+        self.loss_arguments = tuple(a.detach() if torch.is_tensor(a) else a for a in args), kwargs
+
+    def _run(self, step_function, phases):
+        self.marks = {}
+        self.mark("start")
+        step_function()
+        self.mark("backward end")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.model.clamp_logit_scale()
-        self.mark("optimizer", start)
-
-    def forward(self, pixel_values, batch):
-        with self.autocast():
-            return self.model(
-                pixel_values=pixel_values, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            )
+        self.trainer.model.clamp_logit_scale()  # the trainer's `LogitScaleClamp`
+        self.mark("end")
+        self.phases = {name: self.marks[end] - self.marks[begin] for name, (begin, end) in phases.items()}
+        self.phases["optimizer"] = self.marks["end"] - self.marks["backward end"]
 
     def plain(self, batch):
-        """This project: each image once, the whole batch at once."""
-        self.phases = {}
-        start = time.perf_counter()
-        outputs = self.forward(batch["pixel_values"], batch)
-        start = self.mark("forward", start)
-        loss = project_loss(self.loss_fn, outputs.image_embeds, outputs.text_embeds, batch, self.model.logit_scale)
-        start = self.mark("loss", start)
-        loss.backward()
-        self.finish(self.mark("backward", start))
+        """This project's step without gradient caching: each image once, the whole batch at once."""
+        self.trainer.args.gradcache_chunk_size = None
+        phases = {"forward": ("start", "loss"), "loss": ("loss", "loss end"), "backward": ("loss end", "backward end")}
+        self._run(functools.partial(self.trainer.training_step, self.model, batch), phases)
+
+    def cached(self, batch):
+        """This project's step with gradient caching in chunks of `--chunk-size` images."""
+        self.trainer.args.gradcache_chunk_size = self.chunk_size
+        phases = {
+            "encode without gradient": ("start", "loss"),
+            "loss forward+backward": ("loss", "replay"),
+            "re-encode forward+backward": ("replay", "backward end"),
+        }
+        self._run(functools.partial(self.trainer.training_step, self.model, batch), phases)
 
     def per_caption(self, batch):
         """The authors' layout: the image rows repeated per caption, every row through the image tower."""
-        self.phases = {}
-        start = time.perf_counter()
-        outputs = self.forward(batch["pixel_values"].index_select(0, batch["caption_image_index"]), batch)
-        start = self.mark("forward", start)
-        loss = per_row_loss(self.loss_fn, outputs.image_embeds, outputs.text_embeds, batch, self.model.logit_scale)
-        start = self.mark("loss", start)
-        loss.backward()
-        self.finish(self.mark("backward", start))
 
-    def cached(self, batch, chunk_size, capture=None):
-        """Gradient caching as `ViCLIPOTTrainer.training_step` does it. Phases: encoding without gradient, the loss
-        and its backward to the cached embeddings (up to the first re-encoding), re-encoding with backward."""
-        self.phases, marks = {}, {}
-        start = time.perf_counter()
+        def step():
+            outputs = self.model(
+                pixel_values=batch["pixel_values"].index_select(0, batch["caption_image_index"]),
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                return_logits=False,
+            )
+            self.mark("loss")
+            loss = per_row_loss(self.trainer.loss_fn, outputs.image_embeds, outputs.text_embeds, batch, outputs.scale)
+            self.mark("per-row loss end")
+            self.trainer.accelerator.backward(loss)
 
-        def encode(chunk):
-            if "loss" in marks and "replay" not in marks:
-                synchronize(self.args.device)
-                marks["replay"] = time.perf_counter()
-            outputs = self.forward(chunk["pixel_values"], chunk)
-            return outputs.image_embeds, outputs.text_embeds, self.model.logit_scale
-
-        def loss_function(cached):
-            synchronize(self.args.device)
-            marks["loss"] = time.perf_counter()
-            image_embeds = torch.cat([outputs[0] for outputs in cached])
-            text_embeds = torch.cat([outputs[1] for outputs in cached])[caption_order.argsort()]
-            logit_scale = cached[-1][2]
-            if capture is not None:
-                capture.update(
-                    image_embeds=image_embeds.detach().clone(),
-                    text_embeds=text_embeds.detach().clone(),
-                    logit_scale=logit_scale.detach().clone(),
-                )
-            return project_loss(self.loss_fn, image_embeds, text_embeds, batch, logit_scale), None
-
-        chunks, caption_order = gradcache_chunks(batch, chunk_size)
-        cached_backward(encode, chunks, loss_function)
-        synchronize(self.args.device)
-        end = time.perf_counter()
-        self.phases = {
-            "encode without gradient": marks["loss"] - start,
-            "loss forward+backward": marks["replay"] - marks["loss"],
-            "re-encode forward+backward": end - marks["replay"],
+        phases = {
+            "forward": ("start", "loss"),
+            "loss": ("loss", "per-row loss end"),
+            "backward": ("per-row loss end", "backward end"),
         }
-        self.finish(end)
+        self._run(step, phases)
 
 
 def measured(step, step_function, args):
@@ -284,20 +271,20 @@ def describe(run):
     )
 
 
-def warm_up(step, args):
-    """A 2-image plain step: allocates the AdamW state and warms the kernels."""
+def new_step(args, output_dir):
+    """A `Step` on a fresh trainer, after a 2-image plain step that allocates the AdamW state and warms the kernels."""
+    step = Step(build_trainer(args, output_dir), args.device, args.chunk_size)
     print(f"[{args.worker}] warm-up step (2 images), load average {load_average()}", flush=True)
     step.plain(make_batch(2, args.captions_per_image, args.device, seed=99))
+    return step
 
 
 # ---- workers -----------------------------------------------------------------------------------------------------
 
 
-def worker_small(args):
-    model, optimizer = build(args)
-    step = Step(model, optimizer, ContrastiveOTLoss("clip_sigrot"), args)
+def worker_small(args, output_dir):
+    step = new_step(args, output_dir)
     batch = make_batch(args.images, args.captions_per_image, args.device)
-    warm_up(step, args)
     result = {"captions": int(batch["input_ids"].shape[0]), "padded_length": int(batch["input_ids"].shape[1])}
 
     print(f"[small] memory: plain {args.images}-image step, load average {load_average()}", flush=True)
@@ -320,8 +307,10 @@ def worker_small(args):
     result["runs"] = runs
 
     # Where this project's step goes: each tower alone, forward + backward (sum of its embeddings).
+    model = step.trainer.model
+
     def tower(kind):
-        with step.autocast():
+        with step.trainer.accelerator.autocast():
             if kind == "image":
                 embeds = model.get_image_features(batch["pixel_values"]).pooler_output
             else:
@@ -329,13 +318,12 @@ def worker_small(args):
         embeds.float().sum().backward()
         model.zero_grad(set_to_none=True)
 
-    result["towers"], result["towers_cpu"] = {"image": [], "text": []}, {"image": [], "text": []}
+    result["towers_cpu"] = {"image": [], "text": []}
     for index in range(args.repeats):
         for kind in ("image", "text"):
             usage = cpu_usage()
             seconds, _ = time_call(functools.partial(tower, kind), args.device)
             cpu_seconds = sum(cpu_usage()[:2]) - sum(usage[:2])
-            result["towers"][kind].append(seconds)
             result["towers_cpu"][kind].append(cpu_seconds)
             print(
                 f"[small] {kind} tower alone, forward + backward, run {index + 1}/{args.repeats}: {seconds:.1f} s "
@@ -345,14 +333,11 @@ def worker_small(args):
     return result
 
 
-def worker_large(args):
-    model, optimizer = build(args)
-    loss_fn = ContrastiveOTLoss("clip_sigrot")
-    step = Step(model, optimizer, loss_fn, args)
+def worker_large(args, output_dir):
+    step = new_step(args, output_dir)
+    loss_fn = step.trainer.loss_fn
     batch = make_batch(args.large_images, args.captions_per_image, args.device, seed=1)
-    warm_up(step, args)
-    captured = {}
-    chunks = len(gradcache_chunks(batch, args.chunk_size)[0])
+    chunks = math.ceil(args.large_images / args.chunk_size)
     print(
         f"[large] {args.large_images}-image step, {chunks} chunks of {args.chunk_size}, load average {load_average()}",
         flush=True,
@@ -360,37 +345,37 @@ def worker_large(args):
     result = {
         "captions": int(batch["input_ids"].shape[0]),
         "chunks": chunks,
-        "step": measured(step, functools.partial(step.cached, batch, args.chunk_size, captured), args),
+        "step": measured(step, functools.partial(step.cached, batch), args),
     }
     print(f"[large]   {describe(result['step'])}", flush=True)
-    del model, optimizer, step
+    loss_args, loss_kwargs = step.loss_arguments
+    del step
     gc.collect()
 
-    # (c) the loss alone, on the embeddings the step fed it, forward + backward to embeddings and scale.
-    embeds = {name: value.requires_grad_() for name, value in captured.items()}
+    # (c) the loss alone, on the arguments the step gave it, forward + backward to the embeddings and the scale.
+    inputs = [a.clone().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a for a in loss_args]
+    leaves = [a for a in inputs if torch.is_tensor(a) and a.requires_grad]
+    image_embeds, text_embeds, index, scale = inputs[:4]
 
     def full_loss(options=None):
         loss = ContrastiveOTLoss("clip_sigrot", **(options or {}))
-        value = project_loss(loss, embeds["image_embeds"], embeds["text_embeds"], batch, embeds["logit_scale"])
-        torch.autograd.backward(value, inputs=list(embeds.values()))
+        torch.autograd.backward(loss(*inputs, **loss_kwargs).loss, inputs=leaves)
 
     def sigrot_only():
-        index, scale = batch["caption_image_index"], embeds["logit_scale"].float().exp()
-        graph = similarity_graph(
-            batch["teacher_image_embeds"], batch["teacher_text_embeds"], index, loss_fn.graph_strategy
-        )
-        value = sigrot_loss(embeds["image_embeds"], embeds["text_embeds"], index, graph, scale, **loss_fn.ot_options)
-        torch.autograd.backward(value, inputs=list(embeds.values()))
+        teacher = loss_kwargs["teacher_image_embeds"], loss_kwargs["teacher_text_embeds"]
+        graph = similarity_graph(*teacher, index, loss_fn.graph_strategy)
+        value = sigrot_loss(image_embeds, text_embeds, index, graph, scale, **loss_fn.ot_options)
+        torch.autograd.backward(value, inputs=leaves)
 
     cases = {
         "loss": full_loss,
         "sigrot": sigrot_only,
         "loss_200_iterations": lambda: full_loss({"ot_tol": 0.0}),  # tol 0 never stops early: 200 iterations
     }
-    result["loss"] = {}
-    for name, function in cases.items():
-        times = repeat_timing(function, 1, args.loss_repeats, args.device, label=f"[large] {name}")
-        result["loss"][name] = times
+    result["loss"] = {
+        name: repeat_timing(function, 1, args.loss_repeats, args.device, label=f"[large] {name}")
+        for name, function in cases.items()
+    }
     return result
 
 
@@ -399,31 +384,42 @@ def worker_large(args):
 
 def part_line(meta):
     minutes = "" if meta.get("minutes") is None else f", {meta['minutes']:.1f} min"
-    return f"{meta['environment']}{minutes}; load average {meta['load_before']} before, {meta['load_after']} after"
+    return f"{meta['environment']}{minutes}, load average {meta['load_before']} before, {meta['load_after']} after"
 
 
 def report(args, raw):
-    """The Markdown tables from the workers' raw results."""
+    """The Markdown: one line on the runs, then the tables."""
     small, large = raw["small"], raw["large"]
     design, baseline = small["runs"]["design"], small["runs"]["per_caption"]
-    design_s, baseline_s = median([r["seconds"] for r in design]), median([r["seconds"] for r in baseline])
+    captions = small["captions"]
 
-    def phase(runs, *names):
-        return median([sum(r["phases"][n] for n in names) for r in runs])
+    def seconds(runs, *names):
+        return median([sum(r["phases"][n] for n in names) if names else r["seconds"] for r in runs])
 
-    def usage(runs):
-        return (
+    def encoding(runs):
+        return seconds(runs, "forward", "loss", "backward")
+
+    def cpu(runs):
+        return median([r["user_s"] + r["system_s"] for r in runs])
+
+    def layout_row(label, images, runs, peak):
+        return [
+            label,
+            images,
+            f"{seconds(runs):.1f}",
+            spread([r["seconds"] for r in runs]),
+            f"{encoding(runs):.1f}",
+            f"{seconds(runs, 'optimizer'):.1f}",
             f"{median([r['user_s'] for r in runs]):.0f} / {median([r['system_s'] for r in runs]):.1f}",
             f"{median([r['minor_faults'] for r in runs]) / 1e6:.2f}",
-        )
+            f"{peak:.2f}",
+        ]
 
-    captions = small["captions"]
     table_a = markdown_table(
         [
             "layout",
             "images through the image tower",
-            "captions",
-            "median step (s)",
+            f"median step (s, of {len(design)} / {len(baseline)})",
             "range (s)",
             "forward + loss + backward (s)",
             "optimizer (s)",
@@ -432,66 +428,48 @@ def report(args, raw):
             "peak RSS (GiB)",
         ],
         [
-            [
-                "this project: each image once",
-                args.images,
-                captions,
-                f"{design_s:.1f}",
-                spread([r["seconds"] for r in design]),
-                f"{phase(design, 'forward', 'loss', 'backward'):.1f}",
-                f"{phase(design, 'optimizer'):.1f}",
-                *usage(design),
-                f"{small['memory_step']['peak_gib']:.2f}",
-            ],
-            [
+            layout_row("this project: each image once", args.images, design, small["memory_step"]["peak_gib"]),
+            layout_row(
                 "authors' layout: each image once per caption",
                 captions,
-                captions,
-                f"{baseline_s:.1f}",
-                spread([r["seconds"] for r in baseline]),
-                f"{phase(baseline, 'forward', 'loss', 'backward'):.1f}",
-                f"{phase(baseline, 'optimizer'):.1f}",
-                *usage(baseline),
-                f"{max(r['peak_gib'] for r in baseline):.2f}",
+                baseline,
+                max(r["peak_gib"] for r in baseline),
+            ),
+            [
+                "ratio (authors' / this project)",
+                "",
+                f"**{seconds(baseline) / seconds(design):.2f}x**",
+                "",
+                f"{encoding(baseline) / encoding(design):.2f}x",
+                "",
+                f"{cpu(baseline) / cpu(design):.2f}x (user + system)",
+                "",
+                "",
             ],
         ],
     )
-    # Each tower alone: CPU time (user + system) where recorded, as the other processes disturb it less.
-    towers_kind = "CPU" if "towers_cpu" in small else "wall-clock"
-    towers = small.get("towers_cpu", small["towers"])
+    towers = small["towers_cpu"]
     image_s, text_s = median(towers["image"]), median(towers["text"])
     per_image = args.captions_per_image
-    expected = (per_image * image_s + text_s) / (image_s + text_s)
-    towers_line = (
-        f"Each tower alone, forward + backward on this project's batch, {towers_kind} time (median of "
-        f"{len(towers['image'])}, interleaved): image tower on {args.images} images {image_s:.1f} s, text tower on "
-        f"{captions} captions (padded to {small['padded_length']} tokens) {text_s:.1f} s. The text tower costs "
-        f"{100 * text_s / (image_s + text_s):.0f} % of the two: if the towers' time grew in proportion to their "
-        f"batch, encoding each image once per caption would cost ({per_image} x image + text) / (image + text) = "
-        f"**{expected:.2f}x** the towers' time. Beyond that the larger batch costs more per image on this CPU: "
-        "compare the system CPU time and page faults above (the large activations are fresh memory from the kernel "
-        "at every step)."
+    table_towers = markdown_table(
+        ["tower alone, forward + backward", "batch", f"CPU time (s, median of {len(towers['image'])})"],
+        [
+            ["image tower", f"{args.images} images", f"{image_s:.1f}"],
+            ["text tower", f"{captions} captions of {small['padded_length']} tokens", f"{text_s:.1f}"],
+            [
+                f"authors' layout if time grew with the batch: ({per_image} x image + text) / (image + text)",
+                "",
+                f"{(per_image * image_s + text_s) / (image_s + text_s):.2f}x",
+            ],
+        ],
     )
-    speedup = baseline_s / design_s
-    cpu_speedup = median([r["user_s"] + r["system_s"] for r in baseline]) / median(
-        [r["user_s"] + r["system_s"] for r in design]
-    )
-    user_speedup = median([r["user_s"] for r in baseline]) / median([r["user_s"] for r in design])
-    encode_speedup = phase(baseline, "forward", "loss", "backward") / phase(design, "forward", "loss", "backward")
 
     plain, cached = small["memory_step"], large["step"]
     table_b = markdown_table(
-        [
-            "step",
-            "images",
-            "captions",
-            "step time (s)",
-            "peak RSS of the process (GiB)",
-            "peak extra over the RSS before the step (GiB)",
-        ],
+        ["step", "images", "captions", "step time (s)", "peak memory (GiB)", "extra over the memory before (GiB)"],
         [
             [
-                "plain, no caching",
+                "plain",
                 args.images,
                 captions,
                 f"{plain['seconds']:.1f}",
@@ -511,138 +489,55 @@ def report(args, raw):
                 "",
                 "",
                 "",
-                f"{cached['peak_gib'] / plain['peak_gib']:.2f}x",
-                f"{cached['extra_gib'] / plain['extra_gib']:.2f}x",
+                f"**{cached['peak_gib'] / plain['peak_gib']:.2f}x**",
+                f"**{cached['extra_gib'] / plain['extra_gib']:.2f}x**",
             ],
         ],
     )
 
     step_s = cached["seconds"]
-    loss_times = large["loss"]
-    rows_c = [
-        [f"whole {args.large_images}-image step (from b)", f"{step_s:.2f}", "100 %"],
-        *[[f"  {name}", f"{value:.2f}", f"{100 * value / step_s:.1f} %"] for name, value in cached["phases"].items()],
-        [
-            "loss forward+backward inside the step (timestamps, once)",
-            f"{cached['phases']['loss forward+backward']:.3f}",
-            f"{100 * cached['phases']['loss forward+backward'] / step_s:.3f} %",
-        ],
-    ]
     labels = {
         "loss": "CLIP + SIGROT loss, forward + backward (median)",
         "sigrot": "SIGROT alone: graph + plan + KL, forward + backward (median)",
         "loss_200_iterations": "CLIP + SIGROT with all 200 Sinkhorn iterations (worst case, median)",
     }
-    for name, times in loss_times.items():
-        rows_c.append([labels[name], f"{median(times):.3f}", f"{100 * median(times) / step_s:.3f} %"])
-    table_c = markdown_table(["part", "seconds", f"share of the {args.large_images}-image step"], rows_c)
-    loss_share = 100 * median(loss_times["loss"]) / step_s
-    worst_share = 100 * median(loss_times["loss_200_iterations"]) / step_s
-    memory_ratio = cached["peak_gib"] / plain["peak_gib"]
-    extra_ratio = cached["extra_gib"] / plain["extra_gib"]
+    table_c = markdown_table(
+        ["part", "seconds", f"share of the {args.large_images}-image step"],
+        [
+            [f"whole {args.large_images}-image step (from b)", f"{step_s:.2f}", "100 %"],
+            *[
+                [f"  {name}", f"{value:.2f}", f"{100 * value / step_s:.1f} %"]
+                for name, value in cached["phases"].items()
+            ],
+            *[
+                [labels[name], f"{median(times):.3f}", f"{100 * median(times) / step_s:.3f} %"]
+                for name, times in large["loss"].items()
+            ],
+        ],
+    )
 
-    def verdict(ok):
-        return "met" if ok else "NOT met"
-
-    device = f"{args.device} {args.dtype}" + (" autocast" if args.dtype != "fp32" else "")
+    model = "2-block towers of the paper's widths (--quick)" if args.quick else "DINOv3 ViT-B/16 + PhoBERT-base"
+    precision = args.dtype + (" autocast" if args.dtype != "fp32" else "")
     return "\n".join(
         [
-            "# Training-step benchmarks",
+            "# Training-step benchmarks (`benchmarks/train_step.py`)",
             "",
-            f"Device: {device}. Each part ran in its own process (load average over 1/5/15 min):",
+            f"{model}, random weights, {args.device} {precision}. (a) and the plain step: {part_line(small['meta'])}. "
+            f"The cached step and (c): {part_line(large['meta'])}.",
             "",
-            *[
-                f"- {label}: {part_line(raw[part]['meta'])}"
-                for part, label in (
-                    ("small", "(a) and the plain step of (b)"),
-                    ("large", "the cached step of (b), and (c)"),
-                )
-            ],
-            "",
-            (
-                "Smoke run (--quick): 2-block towers of the paper's widths, "
-                if args.quick
-                else "Paper-size model (DINOv3 ViT-B/16 + PhoBERT-base, random weights), "
-            )
-            + "fused AdamW (2 groups, the Trainer's "
-            "default), `ContrastiveOTLoss('clip_sigrot')` with the paper's options (lambda 0.1, eps 0.05, tau 0.5, "
-            "<= 200 Sinkhorn iterations, tol 1e-6), random L2-normalised 2048-d teacher embeddings, "
-            f"{args.captions_per_image} captions per image of 15-30 random PhoBERT tokens (padded to the longest). "
-            "A step = forward of both towers, loss, backward, AdamW step, zero_grad, scale clamp. Generated by "
-            "`benchmarks/train_step.py`."
-            + (
-                ""
-                if args.device == "cuda"
-                else " Only CPU figures: no GPU on this machine; `--device cuda --dtype bf16` "
-                "measures bf16 autocast on one."
-            ),
-            "",
-            (
-                f"## (a) Each image encoded once vs once per caption ({args.images} images x {args.captions_per_image} "
-                "captions)"
-            ),
+            f"## (a) Each image encoded once vs once per caption ({args.images} images x {per_image} captions)",
             "",
             table_a,
             "",
-            (
-                f"Speed-up of the whole step: **{speedup:.2f}x** (goal >= 3x: {verdict(speedup >= 3)}); "
-                f"forward + loss + backward alone: {encode_speedup:.2f}x. Less disturbed by the other processes on "
-                f"this "
-                f"machine, the ratio of the process's CPU time (user + system): {cpu_speedup:.2f}x; user time alone: "
-                f"{user_speedup:.2f}x. Medians of {len(design)} (this project) and "
-                f"{len(baseline)} (authors' layout) steps, run interleaved after a 2-image warm-up step and the "
-                f"memory step "
-                "of (b). The authors' layout repeats the pixel rows per caption (the image tower encodes "
-                f"{captions} images); its loss uses those {captions} row embeddings directly (CLIP logits and SIGROT "
-                "cost over rows) with positives and teacher graph from the true image ids: the same loss, same cost, "
-                "as ours, which is equal to it when the rows are the expanded image embeddings (checked at start-up). "
-                f"Peak RSS (whole process): this project's is the first {args.images}-image step of the fresh process, "
-                "as in (b); the "
-                "authors' layout's, the highest over its runs (they followed this project's steps in the same "
-                "process, whose "
-                "freed memory they reuse)."
-            ),
+            table_towers,
             "",
-            towers_line,
-            "",
-            (
-                f"## (b) Peak memory: {args.large_images}-image step with gradient caching vs a plain "
-                f"{args.images}-image step"
-            ),
+            f"## (b) Peak memory: {args.large_images}-image cached step vs a plain {args.images}-image step",
             "",
             table_b,
-            "",
-            f"Peak process memory ratio **{memory_ratio:.2f}x**, extra-over-baseline ratio **{extra_ratio:.2f}x** "
-            f"(goal <= 1.5x: {verdict(memory_ratio <= 1.5 and extra_ratio <= 1.5)}). Each step ran once in a fresh "
-            "process after a 2-image warm-up step that allocated the AdamW state; the gradients were freed "
-            "(`zero_grad(set_to_none=True)`) so both steps allocate them. "
-            + (
-                "Memory: the process's resident set size (Linux VmHWM, reset through /proc/self/clear_refs just before "
-                "the step; 'extra' = that peak minus the resident size just before the step: activations, gradients, "
-                "optimizer temporaries and freed-but-kept allocator memory)."
-                if args.device != "cuda"
-                else "Memory: `torch.cuda.max_memory_allocated`, reset just before the step."
-            )
-            + " The cached step is `viclip_ot.gradcache.cached_backward` over `viclip_ot.data.gradcache_chunks`, "
-            "with the same encode/loss functions as `ViCLIPOTTrainer.training_step`; one run only (it is long on a "
-            "CPU).",
             "",
             f"## (c) The loss's share of the {args.large_images}-image step ({large['captions']} captions)",
             "",
             table_c,
-            "",
-            f"CLIP + SIGROT forward + backward: **{loss_share:.3f} %** of the step "
-            f"({worst_share:.3f} % with all 200 Sinkhorn iterations) (goal < 5 %: {verdict(worst_share < 5)}, judged "
-            "on the worst case). "
-            f"The loss was timed on the {large['captions']} + {args.large_images} embeddings the step fed its loss "
-            f"(random-weight towers), backward to the embeddings and the logit scale; 1 warm-up + "
-            f"{len(loss_times['loss'])} runs, median. The step's phases come from timestamps inside that one step."
-            + (
-                ""
-                if args.device == "cuda"
-                else " On a CPU the towers dominate; on a GPU they run far faster while the "
-                "Sinkhorn loop stays a chain of small kernels, so this share must be measured there too."
-            ),
         ]
     )
 
@@ -654,7 +549,7 @@ def main():
         "--dtype",
         default="fp32",
         choices=["fp32", "bf16", "fp16"],
-        help="fp32, or autocast of the towers to bf16/fp16 (the loss stays fp32)",
+        help="fp32, or the trainer's bf16/fp16 mixed precision (the loss stays fp32)",
     )
     parser.add_argument("--images", type=int, default=16, help="images of the plain step and of (a)")
     parser.add_argument("--captions-per-image", type=int, default=5)
@@ -686,7 +581,8 @@ def main():
         args.repeats = args.baseline_repeats = 1
         args.loss_repeats = 2
     if args.worker:
-        result = {"small": worker_small, "large": worker_large}[args.worker](args)
+        with tempfile.TemporaryDirectory() as output_dir:  # the trainer's output_dir: nothing is saved
+            result = {"small": worker_small, "large": worker_large}[args.worker](args, output_dir)
         print(json.dumps(result))
         return
 
@@ -722,10 +618,8 @@ def main():
     text = report(argparse.Namespace(**raw["settings"]), raw) + "\n"
     print("\n" + text)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text)
-        json_path.write_text(json.dumps(raw, indent=1) + "\n")
-        print(f"wrote {output} and its raw results {json_path}")
+        write_results(output, text)
+        write_results(json_path, json.dumps(raw, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,53 @@ def test_gradient_cache_equals_full_batch_backward(corpus, tmp_path, dropout):
         assert any(not torch.allclose(other[n], reference[n], atol=1e-5) for n in reference)
 
 
+def test_cached_step_is_the_base_step_of_transformers(corpus, tmp_path):
+    """Gradient caching replaces only the loss: transformers' `training_step` still puts a schedule-free optimizer in
+    train mode and divides the loss, and so every gradient, by the gradient-accumulation steps."""
+
+    class ScheduleFree(torch.optim.SGD):  # the `train()` / `eval()` modes of schedule-free optimizers
+        training = False
+
+        def train(self):
+            self.training = True
+
+        def eval(self):
+            self.training = False
+
+    _, train, teacher = corpus
+    model = small_model(tmp_path, [c for cs in train["captions"] for c in cs])
+    trainer, collator = make_trainer(model, tmp_path / "out", teacher=teacher, gradcache_chunk_size=3)
+    trainer.optimizer = ScheduleFree(model.parameters(), lr=0.1)
+    trainer.optimizer.eval()
+    trainer.current_gradient_accumulation_steps = 4
+    batch = collator([train[i] for i in range(8)])
+    model.train()
+
+    model.zero_grad()
+    outputs = model(
+        pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    )
+    loss = trainer.loss_fn(
+        outputs.image_embeds,
+        outputs.text_embeds,
+        batch["caption_image_index"],
+        model.logit_scale.exp(),
+        teacher_image_embeds=batch["teacher_image_embeds"],
+        teacher_text_embeds=batch["teacher_text_embeds"],
+    ).loss
+    loss.backward()
+    reference = gradients(model)
+    model.zero_grad()
+    step_loss = trainer.training_step(model, batch)
+
+    assert trainer.optimizer.training
+    torch.testing.assert_close(step_loss, loss.detach() / 4, atol=1e-6, rtol=1e-5)
+    cached = gradients(model)
+    assert reference.keys() == cached.keys() and "logit_scale" in cached
+    for name in reference:
+        torch.testing.assert_close(cached[name], reference[name] / 4, atol=1e-6, rtol=1e-4, msg=name)
+
+
 def test_plain_step_gradients_equal_the_hybrid_loss_computed_directly(corpus, tmp_path):
     """`training_step` (no gradient cache) back-propagates L_SIGROT + 0.1 L_CLIP of the model's own embeddings: the
     gradients of every parameter equal those of the loss assembled here from the towers' features, the teacher graph

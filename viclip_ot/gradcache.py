@@ -2,12 +2,14 @@
 
 1. Encode every chunk without gradient, remembering the random state before each chunk.
 2. Compute the loss once on all embeddings (as detached leaves) and back-propagate it to them: the cache.
-3. Re-encode each chunk with gradient, replaying its random state (the same dropout masks), and back-propagate
-   `sum(outputs * cached gradient)` over the outputs the loss used (the trainer's loss takes the logit scale and
-   bias from the last chunk's outputs; none of them when it does not use them, e.g. a CLIP loss on a model with a
-   bias, or SIGROT alone with a fixed prior temperature).
+3. Return the loss as a leaf whose backward (the trainer's `accelerator.backward`) re-encodes each chunk with
+   gradient, replaying its random state (the same dropout masks), and back-propagates `sum(outputs * cached
+   gradient)` times the incoming gradient (gradient-accumulation and mixed-precision scaling) over the outputs the
+   loss used (the trainer's loss takes the logit scale and bias from the last chunk's outputs; none of them when it
+   does not use them, e.g. a CLIP loss on a model with a bias, or SIGROT alone with a fixed prior temperature).
 
-Everything but the last chunk runs under `no_sync` so that DDP reduces the gradients once per step.
+As sentence-transformers' `CachedMultipleNegativesRankingLoss`. Every chunk but the last is re-encoded under
+`no_sync`, so that DDP reduces the gradients once per step.
 """
 
 import contextlib
@@ -39,18 +41,18 @@ class RandomState:
             yield
 
 
-def cached_backward(encode, chunks, loss_fn, backward=torch.autograd.backward, no_sync=contextlib.nullcontext):
-    """Back-propagate `loss_fn(all chunk outputs)` through `encode`, one chunk at a time.
+def cached_loss(encode, chunks, loss_fn, no_sync=contextlib.nullcontext):
+    """`loss_fn(all chunk outputs)`, detached, whose backward back-propagates it through `encode` chunk by chunk.
 
     Args:
         encode: `encode(chunk) -> tuple of tensors or None` (e.g. image and text embeddings of the chunk, and the
             logit scale and bias the model used).
         chunks: the inputs of `encode`, in order; tensors in them decide which devices' random states are kept.
-        loss_fn: `loss_fn(list of per-chunk tuples) -> (loss, extras)` on the whole batch.
-        backward: how to back-propagate a scalar (`accelerator.backward` under mixed precision).
-        no_sync: a context manager that stops DDP from reducing gradients (all chunks but the last).
+        loss_fn: `loss_fn(list of per-chunk tuples) -> scalar loss` on the whole batch.
+        no_sync: a context manager that stops DDP from reducing gradients (the re-encoding of all chunks but the
+            last).
     Returns:
-        `(loss, extras)` of `loss_fn`, detached.
+        The loss: a leaf tensor that requires gradient; backward through it runs step 3.
     """
     states, cached = [], []
     with torch.no_grad():
@@ -59,17 +61,23 @@ def cached_backward(encode, chunks, loss_fn, backward=torch.autograd.backward, n
             cached.append(tuple(None if out is None else out.detach().requires_grad_() for out in encode(chunk)))
 
     with torch.enable_grad():
-        loss, extras = loss_fn(cached)
+        loss = loss_fn(cached)
     torch.autograd.backward(loss, inputs=[out for outputs in cached for out in outputs if out is not None])
 
-    for index, (chunk, state, outputs) in enumerate(zip(chunks, states, cached)):
-        last = index == len(chunks) - 1
-        with state.replay(), contextlib.nullcontext() if last else no_sync():
-            pairs = zip(encode(chunk), outputs)
-            backward(
-                sum((out * cache.grad).sum() for out, cache in pairs if cache is not None and cache.grad is not None)
-            )
-    return loss.detach(), extras
+    def backward_hook(grad_output):
+        with torch.enable_grad():
+            for index, (chunk, state, outputs) in enumerate(zip(chunks, states, cached)):
+                last = index == len(chunks) - 1
+                with state.replay(), contextlib.nullcontext() if last else no_sync():
+                    pairs = zip(encode(chunk), outputs)
+                    surrogate = sum(
+                        (out * cache.grad).sum() for out, cache in pairs if cache is not None and cache.grad is not None
+                    )
+                    (surrogate * grad_output).backward()
+
+    loss = loss.detach().requires_grad_()
+    loss.register_hook(backward_hook)
+    return loss
 
 
 def _tensors(chunk):

@@ -1,7 +1,7 @@
 """`ViCLIPOTTrainer`: transformers' Trainer with the hybrid SIGROT loss, gradient caching, two learning rates,
 retrieval validation and Hub checkpoints that load as remote-code models."""
 
-import contextlib
+import functools
 import math
 import shutil
 from collections import defaultdict
@@ -15,9 +15,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
 from transformers.utils import logging
 
 from .data import gradcache_chunks
-from .evaluation import encode_corpus
-from .gradcache import cached_backward
-from .metrics import retrieval_metrics
+from .evaluation import evaluate_encoder
+from .gradcache import cached_loss
 from .model_card import write_model_card
 
 HEAD_PARAMETERS = ("vision_head.", "text_projection.", "logit_scale", "logit_bias")
@@ -110,8 +109,11 @@ class ViCLIPOTTrainer(Trainer):
 
     A contrastive batch is `per_device_train_batch_size` images with all their captions on every process, gathered
     into one batch across processes; each gradient-accumulation step is its own contrastive batch. With
-    `gradcache_chunk_size`, the batch is encoded in chunks with cached gradients (`viclip_ot.gradcache`).
+    `gradcache_chunk_size`, the batch is encoded in chunks with cached gradients (`viclip_ot.gradcache`) inside the
+    base `training_step`.
     """
+
+    loss_is_scaled_for_ga = False  # the loss is a mean over one contrastive batch: the base step divides it
 
     def __init__(self, *args, loss_fn, eval_dataset_name=None, training_config=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -146,6 +148,17 @@ class ViCLIPOTTrainer(Trainer):
         return result.loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss of the contrastive batch. With `gradcache_chunk_size` smaller than the batch and gradient
+        enabled, the gradient-cached loss (`viclip_ot.gradcache.cached_loss`): the base `training_step` scales and
+        back-propagates it like any loss, and its backward re-encodes the batch chunk by chunk."""
+        chunk_size = self.args.gradcache_chunk_size
+        if (
+            chunk_size
+            and chunk_size < inputs["pixel_values"].shape[0]
+            and torch.is_grad_enabled()
+            and not return_outputs
+        ):
+            return self._cached_loss(model, inputs, chunk_size)
         outputs = model(**self._model_inputs(inputs), return_logits=False)
         loss = self._batch_loss(outputs.image_embeds, outputs.text_embeds, inputs, outputs.scale, outputs.bias)
         return (loss, outputs) if return_outputs else loss
@@ -154,35 +167,21 @@ class ViCLIPOTTrainer(Trainer):
     def _model_inputs(inputs):
         return {name: inputs[name] for name in ("pixel_values", "input_ids", "attention_mask")}
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        chunk_size = self.args.gradcache_chunk_size
-        if not chunk_size or chunk_size >= inputs["pixel_values"].shape[0]:
-            return super().training_step(model, inputs, num_items_in_batch)
-        model.train()
-        inputs = self._prepare_inputs(inputs)
+    def _cached_loss(self, model, inputs, chunk_size):
+        chunks, caption_order = gradcache_chunks(inputs, chunk_size)
 
-        def encode(chunk):
+        def encode(chunk):  # also run by the backward, outside the base step's `compute_loss_context_manager`
             with self.compute_loss_context_manager():
                 outputs = model(**chunk, return_logits=False)
             return outputs.image_embeds, outputs.text_embeds, outputs.scale, outputs.bias
-
-        chunks, caption_order = gradcache_chunks(inputs, chunk_size)
 
         def loss_fn(cached):
             image_embeds = torch.cat([outputs[0] for outputs in cached])
             text_embeds = torch.cat([outputs[1] for outputs in cached])[caption_order.argsort()]
             scale, bias = cached[-1][2:]  # the last chunk's: its backward is the one DDP synchronises
-            loss = self._batch_loss(image_embeds, text_embeds, inputs, scale, bias)
-            return loss / self.current_gradient_accumulation_steps, None
+            return self._batch_loss(image_embeds, text_embeds, inputs, scale, bias)
 
-        loss, _ = cached_backward(
-            encode,
-            chunks,
-            loss_fn,
-            backward=self.accelerator.backward,
-            no_sync=model.no_sync if hasattr(model, "no_sync") else contextlib.nullcontext,
-        )
-        return loss
+        return cached_loss(encode, chunks, loss_fn, no_sync=functools.partial(self.accelerator.no_sync, model))
 
     def log(self, logs, start_time=None):
         """Training logs also carry, as means since the last log, the loss terms and the batch diagnostics (plan row
@@ -260,16 +259,13 @@ class ViCLIPOTTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """Retrieval metrics (Recall@K both ways, ranks, alignment, modality gap) of the validation split."""
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
-        model = self.accelerator.unwrap_model(self.model)
-        with self.accelerator.autocast():
-            encoded = encode_corpus(
-                model,
-                dataset,
-                batch_size=self.args.per_device_eval_batch_size,
-                accelerator=self.accelerator,
-                desc=f"{metric_key_prefix}: encoding",
-            )
-        metrics = retrieval_metrics(encoded.image_embeds, encoded.text_embeds, encoded.caption_image_index)
+        _, metrics = evaluate_encoder(
+            self.accelerator.unwrap_model(self.model),
+            dataset,
+            batch_size=self.args.per_device_eval_batch_size,
+            accelerator=self.accelerator,
+            desc=f"{metric_key_prefix}: encoding",
+        )
         metrics = {f"{metric_key_prefix}_{key}": float(value) for key, value in metrics.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
