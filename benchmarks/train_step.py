@@ -64,7 +64,7 @@ from configuration_viclip_ot import VIETNAMESE_SBERT_CONFIG, ViCLIPOTConfig
 from modeling_viclip_ot import ViCLIPOTModel, same_image_mask
 from viclip_ot.data import gradcache_chunks
 from viclip_ot.gradcache import cached_backward
-from viclip_ot.losses import ContrastiveOTLoss, sigrot_loss, similarity_graph
+from viclip_ot.losses import ContrastiveOTLoss, LossSettings, sigrot_divergence, similarity_graph, transport_plan
 
 RESULTS = Path(__file__).parent / "results" / "train_step.md"
 TEACHER_DIM = 2048
@@ -127,7 +127,7 @@ def per_row_loss(loss_fn, row_image_embeds, text_embeds, batch, logit_scale):
     """The same loss when the image tower produced one embedding per caption row (the authors' layout).
 
     Rows stay rows: the CLIP logits are s * x_i . y_j over the row embeddings and the SIGROT cost 1 - x_i . y_j
-    likewise (`sigrot_loss` with the identity row index), while the positives of the CLIP targets and the teacher
+    likewise (`transport_plan` with the identity row index), while the positives of the CLIP targets and the teacher
     graph come from the true image of each row. With x_i = image_embeds[caption_image_index[i]] this is exactly
     `project_loss` (checked by `check_per_row_loss`)."""
     index = batch["caption_image_index"]
@@ -138,9 +138,12 @@ def per_row_loss(loss_fn, row_image_embeds, text_embeds, batch, logit_scale):
     positives = same_image_mask(index).float()
     targets = positives / positives.sum(dim=1, keepdim=True)
     contrastive = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-    graph = similarity_graph(batch["teacher_image_embeds"], batch["teacher_text_embeds"], index, loss_fn.graph_strategy)
-    sigrot = sigrot_loss(row_image_embeds, text_embeds, rows, graph, scale, **loss_fn.ot_options)
-    return sigrot + loss_fn.contrastive_weight * contrastive
+    settings = loss_fn.settings
+    graph = similarity_graph(
+        batch["teacher_image_embeds"], batch["teacher_text_embeds"], index, settings.graph_strategy
+    )
+    plan = transport_plan(row_image_embeds, text_embeds, rows, **loss_fn.ot_options)
+    return sigrot_divergence(plan, graph, scale) + settings.contrastive_weight * contrastive
 
 
 def check_per_row_loss(loss_fn):
@@ -295,7 +298,7 @@ def warm_up(step, args):
 
 def worker_small(args):
     model, optimizer = build(args)
-    step = Step(model, optimizer, ContrastiveOTLoss("clip_sigrot"), args)
+    step = Step(model, optimizer, ContrastiveOTLoss(LossSettings("clip_sigrot")), args)
     batch = make_batch(args.images, args.captions_per_image, args.device)
     warm_up(step, args)
     result = {"captions": int(batch["input_ids"].shape[0]), "padded_length": int(batch["input_ids"].shape[1])}
@@ -347,7 +350,7 @@ def worker_small(args):
 
 def worker_large(args):
     model, optimizer = build(args)
-    loss_fn = ContrastiveOTLoss("clip_sigrot")
+    loss_fn = ContrastiveOTLoss(LossSettings("clip_sigrot"))
     step = Step(model, optimizer, loss_fn, args)
     batch = make_batch(args.large_images, args.captions_per_image, args.device, seed=1)
     warm_up(step, args)
@@ -370,16 +373,17 @@ def worker_large(args):
     embeds = {name: value.requires_grad_() for name, value in captured.items()}
 
     def full_loss(options=None):
-        loss = ContrastiveOTLoss("clip_sigrot", **(options or {}))
+        loss = ContrastiveOTLoss(LossSettings("clip_sigrot", **(options or {})))
         value = project_loss(loss, embeds["image_embeds"], embeds["text_embeds"], batch, embeds["logit_scale"])
         torch.autograd.backward(value, inputs=list(embeds.values()))
 
     def sigrot_only():
         index, scale = batch["caption_image_index"], embeds["logit_scale"].float().exp()
         graph = similarity_graph(
-            batch["teacher_image_embeds"], batch["teacher_text_embeds"], index, loss_fn.graph_strategy
+            batch["teacher_image_embeds"], batch["teacher_text_embeds"], index, loss_fn.settings.graph_strategy
         )
-        value = sigrot_loss(embeds["image_embeds"], embeds["text_embeds"], index, graph, scale, **loss_fn.ot_options)
+        plan = transport_plan(embeds["image_embeds"], embeds["text_embeds"], index, **loss_fn.ot_options)
+        value = sigrot_divergence(plan, graph, scale)
         torch.autograd.backward(value, inputs=list(embeds.values()))
 
     cases = {
@@ -698,7 +702,7 @@ def main():
     if args.only and raw["settings"] != {name: getattr(args, name) for name in shared}:
         parser.error(f"--only: the settings differ from those of {json_path}: {raw['settings']}")
     if not args.report_only:
-        check_per_row_loss(ContrastiveOTLoss("clip_sigrot"))
+        check_per_row_loss(ContrastiveOTLoss(LossSettings("clip_sigrot")))
         raw["settings"] = {name: getattr(args, name) for name in shared}
         forwarded = [
             f"--{name.replace('_', '-')}={getattr(args, name)}"
