@@ -63,34 +63,36 @@ def same_image_mask(caption_image_index):
 
 
 def caption_row_logits(image_embeds, text_embeds, caption_image_index, scale, bias=None):
-    """N x N logits s * x_i . y_j (+ b): row i is the image of caption i, column j is caption j (the B x N image
-    rows are computed once and then repeated per caption)."""
-    logits = (scale * image_embeds @ text_embeds.T).index_select(0, caption_image_index)
-    return logits if bias is None else logits + bias
+    """The (N, N) caption-row logits s * x_i . y_j (+ b) of the losses: row i is the image of caption i, column j is
+    caption j (the B x N image rows are computed once and then repeated per caption). Not the model's
+    `logits_per_text`, (N, B) over the batch's images."""
+    row_logits = (scale * image_embeds @ text_embeds.T).index_select(0, caption_image_index)
+    return row_logits if bias is None else row_logits + bias
 
 
 def multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, scale):
     """CLIP loss with several captions per image: each row's target is uniform over its same-image columns;
     the mean of the image->text and text->image cross-entropies."""
-    logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, scale)
-    positives = same_image_mask(caption_image_index).to(logits.dtype)
+    row_logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, scale)
+    positives = same_image_mask(caption_image_index).to(row_logits.dtype)
     targets = positives / positives.sum(dim=1, keepdim=True)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    return (F.cross_entropy(row_logits, targets) + F.cross_entropy(row_logits.T, targets)) / 2
 
 
 def multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, scale, bias):
     """SigLIP loss with several captions per image: (1/N) sum_ij w_ij softplus(-z_ij l_ij), z = +1 on same-image
     pairs and -1 elsewhere, w = 1/(positives of row i) on positives and 1 on negatives."""
-    logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, scale, bias)
+    row_logits = caption_row_logits(image_embeds, text_embeds, caption_image_index, scale, bias)
     positives = same_image_mask(caption_image_index)
-    signs = positives.to(logits.dtype) * 2 - 1
-    weights = torch.where(positives, 1 / positives.sum(dim=1, keepdim=True).to(logits.dtype), 1.0)
-    return (weights * F.softplus(-signs * logits)).sum() / logits.shape[0]
+    signs = positives.to(row_logits.dtype) * 2 - 1
+    weights = torch.where(positives, 1 / positives.sum(dim=1, keepdim=True).to(row_logits.dtype), 1.0)
+    return (weights * F.softplus(-signs * row_logits)).sum() / row_logits.shape[0]
 
 
 @full_precision
 def contrastive_loss(image_embeds, text_embeds, caption_image_index, scale, bias=None):
-    """The multi-positive CLIP loss, or SigLIP's when a `bias` is given, in float32."""
+    """The multi-positive CLIP loss, or SigLIP's when a `bias` is given (the one rule: a model with a logit bias is a
+    SigLIP model), in float32, of image_embeds (B, d), text_embeds (N, d) and caption_image_index (N,)."""
     if bias is None:
         return multi_positive_clip_loss(image_embeds, text_embeds, caption_image_index, scale)
     return multi_positive_siglip_loss(image_embeds, text_embeds, caption_image_index, scale, bias)
@@ -529,7 +531,11 @@ class ViCLIPOTModel(PreTrainedModel):
         if return_loss:
             if logits_per_text is None:
                 raise ValueError("return_loss=True needs both `pixel_values` and `input_ids`")
-            loss = self.contrastive_loss(image_embeds, text_embeds, caption_image_index)
+            if caption_image_index is None:
+                caption_image_index = torch.arange(text_embeds.shape[0], device=text_embeds.device)
+            check_caption_image_index(caption_image_index, image_embeds.shape[0], text_embeds.shape[0])
+            loss_scale = self.logit_scale.float().exp()
+            loss = contrastive_loss(image_embeds, text_embeds, caption_image_index, loss_scale, self.logit_bias)
         output = ViCLIPOTOutput(
             loss=loss,
             logits_per_image=None if logits_per_text is None else logits_per_text.T,
@@ -542,14 +548,6 @@ class ViCLIPOTModel(PreTrainedModel):
             bias=self.logit_bias,
         )
         return output if return_dict is not False else output.to_tuple()
-
-    def contrastive_loss(self, image_embeds, text_embeds, caption_image_index=None):
-        """The multi-positive CLIP loss, or SigLIP's for a model with a logit bias, in fp32."""
-        if caption_image_index is None:
-            caption_image_index = torch.arange(text_embeds.shape[0], device=text_embeds.device)
-        check_caption_image_index(caption_image_index, image_embeds.shape[0], text_embeds.shape[0])
-        scale = self.logit_scale.float().exp()
-        return contrastive_loss(image_embeds, text_embeds, caption_image_index, scale, self.logit_bias)
 
     @torch.no_grad()
     def clamp_logit_scale(self):

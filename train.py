@@ -19,7 +19,7 @@ from viclip_ot.arguments import parse_arguments
 from viclip_ot.cli import run
 from viclip_ot.data import ContrastiveCollator, train_transform
 from viclip_ot.loading import load_model
-from viclip_ot.losses import LOSS_TYPES, ContrastiveOTLoss
+from viclip_ot.losses import ContrastiveOTLoss
 from viclip_ot.metrics import format_metrics_table
 from viclip_ot.towers import save_small_text_tower, small_config, small_image_tower_kwargs
 from viclip_ot.trainer import ViCLIPOTTrainer, freeze
@@ -72,7 +72,7 @@ def main(argv, callbacks=()) -> dict:
     test_dataset = load_split(data_args, data_args.test_split) if data_args.test_split else None
 
     teacher = None
-    if LOSS_TYPES[loss_args.loss_type].needs_teacher:
+    if loss_args.kind.needs_teacher:
         if not data_args.teacher_embeddings:
             raise ValueError(
                 f"loss_type={loss_args.loss_type} needs --teacher_embeddings (see "
@@ -82,6 +82,7 @@ def main(argv, callbacks=()) -> dict:
         teacher.check_corpus(train_dataset)
 
     model = build_model(model_args, train_dataset, training_args.output_dir)
+    loss_args.check_model(model.config)
     freeze(model, training_args.freeze_image_blocks, training_args.freeze_text_tower)
     augment = train_transform(model.processor.image_processor, data_args.horizontal_flip)
     collator = ContrastiveCollator(model.processor, augment, teacher, seed=training_args.seed)
@@ -97,7 +98,7 @@ def main(argv, callbacks=()) -> dict:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
-        loss_fn=ContrastiveOTLoss(**asdict(loss_args)),
+        loss_fn=ContrastiveOTLoss(loss_args),
         eval_dataset_name=data_args.dataset,
         training_config=training_config,
         callbacks=list(callbacks),

@@ -25,7 +25,7 @@ from train_step import make_batch
 
 from configuration_viclip_ot import VIETNAMESE_SBERT_CONFIG, ViCLIPOTConfig
 from modeling_viclip_ot import ViCLIPOTModel
-from viclip_ot.losses import ContrastiveOTLoss, _caption_row_plan, plan_diagnostics
+from viclip_ot.losses import ContrastiveOTLoss, LossSettings, plan_diagnostics, transport_plan
 
 RESULTS = Path(__file__).parent / "results" / "clip_step.md"
 
@@ -34,7 +34,7 @@ def before_loss(loss_fn, *batch, scale):
     """The old `clip` step's loss work: the loss, a plan solved for the diagnostics, every diagnostic a float."""
     output = loss_fn(*batch, scale)
     with torch.no_grad():
-        plan, converged = _caption_row_plan(*batch, **loss_fn.ot_options, return_converged=True)
+        plan, converged = transport_plan(*batch, **loss_fn.ot_options, return_converged=True)
     diagnostics = {name: float(value) for name, value in plan_diagnostics(*batch, plan).items()}
     diagnostics["sinkhorn_unconverged"] = float(not converged)
     return output.loss
@@ -106,7 +106,7 @@ def main():
         args.repeats = 1
     output = args.output or (None if args.quick else RESULTS)
     load_before = load_average()
-    loss_fn = ContrastiveOTLoss("clip")
+    loss_fn = ContrastiveOTLoss(LossSettings("clip"))
     rows = []
     for label, (before, after) in (
         ("loss fwd+bwd, 16 images x 5 captions", loss_timings(loss_fn, 16, args)),

@@ -3,8 +3,9 @@
     python benchmarks/sigrot.py [--sizes 128 640 2048] [--device cpu|cuda] [--repeats 5] [--threads 2 1] [--output F]
 
 For each N caption rows (5 captions per image, random L2-normalised 768-d student and teacher embeddings, the paper's
-settings reg 0.05, reg_m 0.5, tol 1e-6, at most 200 iterations, float32) it runs `sigrot_loss` + backward with
-`unbalanced_sinkhorn` and with `ot.unbalanced.sinkhorn_unbalanced(..., reg_type="kl")` in its place, and prints a
+settings reg 0.05, reg_m 0.5, tol 1e-6, at most 200 iterations, float32) it runs SIGROT as training does (the plan
+T = N P* of the cosine cost, `sigrot_divergence`) + backward with P* from `unbalanced_sinkhorn` and from
+`ot.unbalanced.sinkhorn_unbalanced(..., reg_type="kl")`, and prints a
 Markdown table (also written to benchmarks/results/sigrot.md or `--output`). On a GPU the two differ in how often
 they wait for it: ours tests convergence (a host synchronisation) every 10 iterations, POT every iteration.
 
@@ -14,7 +15,6 @@ at once above what existed before it (CPU: the profiler's memory timeline; CUDA:
 """
 
 import argparse
-import contextlib
 import platform
 import time
 from pathlib import Path
@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.profiler._memory_profiler import Action
 
-from viclip_ot import losses
+from modeling_viclip_ot import caption_row_logits
+from viclip_ot.losses import ContrastiveOTLoss, sigrot_divergence, similarity_graph, unbalanced_sinkhorn
 
-SETTINGS = {"reg": 0.05, "reg_m": 0.5, "max_iter": 200, "tol": 1e-6}
+SETTINGS = ContrastiveOTLoss().ot_options  # the paper's
 CAPTIONS_PER_IMAGE, DIM, SCALE = 5, 768, 1 / 0.07
 RESULTS = Path(__file__).parent / "results" / "sigrot.md"
 
@@ -39,21 +40,11 @@ def pot_sinkhorn(cost, reg, reg_m, max_iter, tol, **_):
     )
 
 
-SOLVERS = {"ours": losses.unbalanced_sinkhorn, "pot": pot_sinkhorn}
-
-
-@contextlib.contextmanager
-def solver(name):
-    """Make `sigrot_loss` compute its plan with solver `name`."""
-    losses.unbalanced_sinkhorn = SOLVERS[name]
-    try:
-        yield
-    finally:
-        losses.unbalanced_sinkhorn = SOLVERS["ours"]
+SOLVERS = {"ours": unbalanced_sinkhorn, "pot": pot_sinkhorn}
 
 
 def make_batch(num_captions, device):
-    """(image, text, caption_image_index, graph, scale) as `sigrot_loss` takes them; embeddings and scale are leaves."""
+    """(image, text, caption_image_index, graph, scale); embeddings and scale are leaves."""
     generator = torch.Generator().manual_seed(num_captions)
     num_images = -(-num_captions // CAPTIONS_PER_IMAGE)
 
@@ -62,19 +53,22 @@ def make_batch(num_captions, device):
 
     index = (torch.arange(num_captions) // CAPTIONS_PER_IMAGE).to(device)
     image, text = embeddings(num_images).requires_grad_(), embeddings(num_captions).requires_grad_()
-    graph = losses.similarity_graph(embeddings(num_images), embeddings(num_captions), index)
+    graph = similarity_graph(embeddings(num_images), embeddings(num_captions), index)
     scale = torch.tensor(SCALE, device=device, requires_grad=True)
     return image, text, index, graph, scale
 
 
-def timed_step(batch):
-    """Seconds of one plan + SIGROT + backward."""
+def timed_step(name, batch):
+    """Seconds of one plan (with solver `name`) + SIGROT + backward."""
     for leaf in (batch[0], batch[1], batch[4]):
         leaf.grad = None
     sync = torch.cuda.synchronize if batch[0].is_cuda else lambda: None
     sync()
     start = time.perf_counter()
-    losses.sigrot_loss(*batch, **SETTINGS).backward()
+    image, text, index, graph, scale = batch
+    cost = 1 - caption_row_logits(image, text, index, 1.0)
+    plan = len(cost) * SOLVERS[name](cost, **SETTINGS)
+    sigrot_divergence(plan, graph, scale).backward()
     sync()
     return time.perf_counter() - start
 
@@ -82,16 +76,15 @@ def timed_step(batch):
 def peak_memory_mb(name, batch):
     """Peak memory of one step above what existed before it: on CUDA `max_memory_allocated`, on CPU the largest sum
     of live tensor bytes in the profiler's memory timeline."""
-    with solver(name):
-        if batch[0].is_cuda:
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            timed_step(batch)
-            return (torch.cuda.max_memory_allocated() - base) / 2**20
-        options = {"profile_memory": True, "record_shapes": True, "with_stack": True}  # what the timeline needs
-        with profile(activities=[ProfilerActivity.CPU], **options) as run:
-            timed_step(batch)
+    if batch[0].is_cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        timed_step(name, batch)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    options = {"profile_memory": True, "record_shapes": True, "with_stack": True}  # what the timeline needs
+    with profile(activities=[ProfilerActivity.CPU], **options) as run:
+        timed_step(name, batch)
     live = peak = 0
     for _, action, _, size in run._memory_profile().timeline:
         live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
@@ -112,8 +105,7 @@ def table_row(num_captions, device, repeats):
     times = {name: [] for name in SOLVERS}
     for repeat in range(repeats + 1):
         for name in SOLVERS:
-            with solver(name):
-                seconds = timed_step(batch)
+            seconds = timed_step(name, batch)
             if repeat:  # the first round is the warm-up
                 times[name].append(seconds)
     ms = {name: 1000 * min(values) for name, values in times.items()}

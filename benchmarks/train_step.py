@@ -71,7 +71,7 @@ from _measure import (
 from configuration_viclip_ot import VIETNAMESE_SBERT_CONFIG, ViCLIPOTConfig
 from modeling_viclip_ot import ViCLIPOTModel, same_image_mask
 from viclip_ot.arguments import ViCLIPOTTrainingArguments
-from viclip_ot.losses import ContrastiveOTLoss, sigrot_loss, similarity_graph
+from viclip_ot.losses import ContrastiveOTLoss, LossSettings, sigrot_divergence, similarity_graph, transport_plan
 from viclip_ot.trainer import ViCLIPOTTrainer
 
 RESULTS = Path(__file__).parent / "results" / "train_step.md"
@@ -104,7 +104,9 @@ def build_trainer(args, output_dir):
         gradcache_chunk_size=args.chunk_size,
         report_to="none",
     )
-    trainer = ViCLIPOTTrainer(model=ViCLIPOTModel(config), args=training_args, loss_fn=ContrastiveOTLoss("clip_sigrot"))
+    trainer = ViCLIPOTTrainer(
+        model=ViCLIPOTModel(config), args=training_args, loss_fn=ContrastiveOTLoss(LossSettings("clip_sigrot"))
+    )
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop of `train()`
     return trainer
 
@@ -130,7 +132,7 @@ def per_row_loss(loss_fn, row_image_embeds, text_embeds, batch, scale):
     """`loss_fn`'s loss when the image tower produced one embedding per caption row (the authors' layout).
 
     Rows stay rows: the CLIP logits are s * x_i . y_j over the row embeddings and the SIGROT cost 1 - x_i . y_j
-    likewise (`sigrot_loss` with the identity row index), while the positives of the CLIP targets and the teacher
+    likewise (`transport_plan` with the identity row index), while the positives of the CLIP targets and the teacher
     graph come from the true image of each row."""
     index = batch["caption_image_index"]
     rows = torch.arange(index.shape[0], device=index.device)
@@ -140,9 +142,12 @@ def per_row_loss(loss_fn, row_image_embeds, text_embeds, batch, scale):
     positives = same_image_mask(index).float()
     targets = positives / positives.sum(dim=1, keepdim=True)
     contrastive = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-    graph = similarity_graph(batch["teacher_image_embeds"], batch["teacher_text_embeds"], index, loss_fn.graph_strategy)
-    sigrot = sigrot_loss(row_image_embeds, text_embeds, rows, graph, scale, **loss_fn.ot_options)
-    return sigrot + loss_fn.contrastive_weight * contrastive
+    settings = loss_fn.settings
+    graph = similarity_graph(
+        batch["teacher_image_embeds"], batch["teacher_text_embeds"], index, settings.graph_strategy
+    )
+    plan = transport_plan(row_image_embeds, text_embeds, rows, **loss_fn.ot_options)
+    return sigrot_divergence(plan, graph, scale) + settings.contrastive_weight * contrastive
 
 
 def check_per_row_loss(loss_fn):
@@ -358,14 +363,14 @@ def worker_large(args, output_dir):
     image_embeds, text_embeds, index, scale = inputs[:4]
 
     def full_loss(options=None):
-        loss = ContrastiveOTLoss("clip_sigrot", **(options or {}))
+        loss = ContrastiveOTLoss(LossSettings("clip_sigrot", **(options or {})))
         torch.autograd.backward(loss(*inputs, **loss_kwargs).loss, inputs=leaves)
 
     def sigrot_only():
         teacher = loss_kwargs["teacher_image_embeds"], loss_kwargs["teacher_text_embeds"]
-        graph = similarity_graph(*teacher, index, loss_fn.graph_strategy)
-        value = sigrot_loss(image_embeds, text_embeds, index, graph, scale, **loss_fn.ot_options)
-        torch.autograd.backward(value, inputs=leaves)
+        graph = similarity_graph(*teacher, index, loss_fn.settings.graph_strategy)
+        plan = transport_plan(image_embeds, text_embeds, index, **loss_fn.ot_options)
+        torch.autograd.backward(sigrot_divergence(plan, graph, scale), inputs=leaves)
 
     cases = {
         "loss": full_loss,
@@ -594,7 +599,7 @@ def main():
     if args.only and raw["settings"] != {name: getattr(args, name) for name in shared}:
         parser.error(f"--only: the settings differ from those of {json_path}: {raw['settings']}")
     if not args.report_only:
-        check_per_row_loss(ContrastiveOTLoss("clip_sigrot"))
+        check_per_row_loss(ContrastiveOTLoss(LossSettings("clip_sigrot")))
         raw["settings"] = {name: getattr(args, name) for name in shared}
         forwarded = [
             f"--{name.replace('_', '-')}={getattr(args, name)}"

@@ -9,16 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from configuration_viclip_ot import ViCLIPOTConfig
 from modeling_viclip_ot import contrastive_loss
-from viclip_ot import losses
 from viclip_ot.losses import (
     GRAPH_STRATEGIES,
     LOSS_TYPES,
     ContrastiveOTLoss,
+    LossSettings,
     plan_diagnostics,
     sigrot_divergence,
-    sigrot_loss,
     similarity_graph,
+    sinkhorn,
+    transport_plan,
     unbalanced_sinkhorn,
     uot_soft_target_loss,
 )
@@ -133,21 +135,17 @@ def test_sinkhorn_gradcheck():
         )
 
 
-def test_sinkhorn_gradcheck_through_reabsorption(monkeypatch):
-    """The gradient stays exact across several absorptions (forced by a small bound on the scalings, and counted)."""
-    calls = []
-    apply = losses._ScalingIterations.apply
-    monkeypatch.setattr(losses._ScalingIterations, "apply", lambda *args: calls.append(1) or apply(*args))
-    monkeypatch.setattr(losses, "_log_scaling_bound", lambda dtype: 2.0)
-    cost = cosine_cost(5, 6, seed=8).requires_grad_()
-
-    def function(c):
-        return unbalanced_sinkhorn(c, 0.01, 0.5, max_iter=40, tol=0.0, check_every=2)
-
-    assert torch.autograd.gradcheck(function, (cost,))
-    calls.clear()
-    function(cost)
-    assert len(calls) > 2
+def test_gradient_through_reabsorption_equals_autograd_of_the_log_domain_iterations():
+    """reg = 5e-4 in float64: the scalings drift past exp(B / 2) (B = 351) twice in 300 iterations and are re-absorbed;
+    the gradient of the plan still equals autograd's through POT's iterations written in the log domain."""
+    weights = torch.randn(5, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    ours, theirs = (cosine_cost(5, 6, seed=8).requires_grad_() for _ in range(2))
+    plan = unbalanced_sinkhorn(ours, 5e-4, 0.5, max_iter=300, tol=0.0, check_every=5)
+    expected = log_domain_reference(theirs, 5e-4, 0.5, 300)
+    assert (plan - expected).abs().max() / expected.max() < 1e-10
+    (plan * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-9, atol=1e-9 * theirs.grad.abs().max().item())
 
 
 def test_gradient_equals_pots_autograd():
@@ -327,18 +325,27 @@ def test_similarity_graph(strategy):
     torch.testing.assert_close(graph, graph.T, rtol=0, atol=1e-15)
 
 
+def student_plan(inputs, reg=0.05, reg_m=0.5):
+    """T = N P* of the batch's student embeddings, to convergence."""
+    return transport_plan(
+        inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], reg, reg_m, **CONVERGED
+    )
+
+
+def test_transport_plan():
+    inputs = batch(seed=2)
+    np.testing.assert_allclose(student_plan(inputs).numpy(), direct_plan(numpy_of(inputs)), rtol=0, atol=1e-9)
+    plan, converged = transport_plan(
+        inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], 0.05, 0.5, return_converged=True
+    )
+    assert converged is True and torch.allclose(plan, student_plan(inputs), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("strategy", GRAPH_STRATEGIES)
 def test_sigrot_loss(strategy):
     inputs, scale = batch(), 7.0
     graph = similarity_graph(*teachers(inputs), strategy)
-    loss = sigrot_loss(
-        inputs["image_embeds"],
-        inputs["text_embeds"],
-        inputs["caption_image_index"],
-        graph,
-        torch.tensor(scale, dtype=torch.float64),
-        **CONVERGED,
-    )
+    loss = sigrot_divergence(student_plan(inputs), graph, torch.tensor(scale, dtype=torch.float64))
     assert loss.item() == pytest.approx(direct_sigrot(numpy_of(inputs), scale, strategy), rel=1e-10)
 
 
@@ -346,15 +353,7 @@ def test_sigrot_loss(strategy):
 def test_sigrot_loss_with_normalised_plan(strategy):
     inputs, scale = batch(seed=3), 7.0
     graph = similarity_graph(*teachers(inputs), strategy)
-    loss = sigrot_loss(
-        inputs["image_embeds"],
-        inputs["text_embeds"],
-        inputs["caption_image_index"],
-        graph,
-        torch.tensor(scale, dtype=torch.float64),
-        normalise_plan=True,
-        **CONVERGED,
-    )
+    loss = sigrot_divergence(student_plan(inputs), graph, torch.tensor(scale, dtype=torch.float64), normalise_plan=True)
     expected = direct_sigrot(numpy_of(inputs), scale, strategy, normalise_plan=True)
     assert loss.item() == pytest.approx(expected, rel=1e-10)
     assert expected != pytest.approx(direct_sigrot(numpy_of(inputs), scale, strategy), rel=1e-3)
@@ -364,9 +363,7 @@ def test_sigrot_with_an_asymmetric_graph():
     """text->image uses row-softmax(s S^T): checked with a graph that is not symmetric."""
     inputs = batch(seed=20)
     graph = torch.randn(6, 6, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
-    loss = sigrot_loss(
-        inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], graph, 3.0, **CONVERGED
-    )
+    loss = sigrot_divergence(student_plan(inputs), graph, 3.0)
     target, g = direct_plan(numpy_of(inputs)), graph.numpy()
     expected = (direct_kl(target, row_softmax(3 * g)) + direct_kl(target.T, row_softmax(3 * g.T))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-10)
@@ -374,16 +371,16 @@ def test_sigrot_with_an_asymmetric_graph():
 
 def test_uot_soft_target_losses():
     inputs, scale, bias = batch(seed=30), 5.0, -2.0
-    arguments = (inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], scale)
-    clip = uot_soft_target_loss(*arguments, **CONVERGED)
-    siglip = uot_soft_target_loss(*arguments, bias=bias, **CONVERGED)
+    arguments = (inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], student_plan(inputs))
+    clip = uot_soft_target_loss(*arguments, scale)
+    siglip = uot_soft_target_loss(*arguments, scale, bias)
     assert clip.item() == pytest.approx(direct_clip_uot(numpy_of(inputs), scale), rel=1e-10)
     assert siglip.item() == pytest.approx(direct_siglip_uot(numpy_of(inputs), scale, bias), rel=1e-10)
 
 
 def module_loss(loss_type, inputs, scale=6.0, bias=-3.0, **options):
     module = ContrastiveOTLoss(
-        loss_type, ot_max_iter=CONVERGED["max_iter"], ot_tol=CONVERGED["tol"], ot_check_every=1, **options
+        LossSettings(loss_type, ot_max_iter=CONVERGED["max_iter"], ot_tol=CONVERGED["tol"], ot_check_every=1, **options)
     )
     return module(
         inputs["image_embeds"],
@@ -446,7 +443,7 @@ def test_detach_prior_scale_keeps_the_value_and_drops_sigrots_scale_gradient():
     results = {}
     for detach in (False, True):
         scale = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
-        loss = ContrastiveOTLoss("clip_sigrot", detach_prior_scale=detach)(
+        loss = ContrastiveOTLoss(LossSettings("clip_sigrot", detach_prior_scale=detach))(
             image,
             text,
             inputs["caption_image_index"],
@@ -528,7 +525,7 @@ def test_only_transport_losses_solve_a_transport_problem(loss_type, monkeypatch)
         calls.append(1)
         return unbalanced_sinkhorn(*args, **kwargs)
 
-    monkeypatch.setattr(losses, "unbalanced_sinkhorn", counted)
+    monkeypatch.setattr(sinkhorn, "unbalanced_sinkhorn", counted)
     inputs = batch(seed=47)
     leaves = {name: inputs[name].clone().requires_grad_() for name in ("image_embeds", "text_embeds")}
     scale, bias = torch.tensor(6.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64)
@@ -557,7 +554,7 @@ def test_unconverged_sinkhorn_is_reported():
     assert converged is True and torch.equal(plan, unbalanced_sinkhorn(cost, 0.01, 0.5, **CONVERGED))
     assert unbalanced_sinkhorn(cost, 0.01, 0.5, max_iter=20, tol=None, return_converged=True)[1] is None
     inputs = batch(seed=46)
-    output = ContrastiveOTLoss("clip_sigrot", ot_reg=0.01, ot_max_iter=3)(
+    output = ContrastiveOTLoss(LossSettings("clip_sigrot", ot_reg=0.01, ot_max_iter=3))(
         inputs["image_embeds"],
         inputs["text_embeds"],
         inputs["caption_image_index"],
@@ -588,7 +585,7 @@ def test_gradcheck(loss_type, options):
     image, text = inputs["image_embeds"].requires_grad_(), inputs["text_embeds"].requires_grad_()
     scale = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
     bias = torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)
-    module = ContrastiveOTLoss(loss_type, ot_max_iter=30, ot_tol=None, **options)
+    module = ContrastiveOTLoss(LossSettings(loss_type, ot_max_iter=30, ot_tol=None, **options))
 
     def loss(image, text, scale, bias):
         return module(
@@ -614,7 +611,7 @@ def test_uot_gradient_holds_the_plan_constant(loss_type):
     bias = torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)
 
     def loss(image, text, scale, bias):
-        return ContrastiveOTLoss(loss_type, ot_max_iter=30, ot_tol=None)(
+        return ContrastiveOTLoss(LossSettings(loss_type, ot_max_iter=30, ot_tol=None))(
             image, text, inputs["caption_image_index"], scale, bias
         ).loss
 
@@ -668,7 +665,9 @@ def test_no_nan_or_inf(loss_type, case):
     image, text, index, options = degenerate_batches()[case]
     image, text = image.clone().requires_grad_(), text.clone().requires_grad_()
     scale, bias = torch.tensor(100.0, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
-    output = ContrastiveOTLoss(loss_type, **options)(image, text, index, scale, bias, image.detach(), text.detach())
+    output = ContrastiveOTLoss(LossSettings(loss_type, **options))(
+        image, text, index, scale, bias, image.detach(), text.detach()
+    )
     output.loss.backward()
     assert torch.isfinite(output.loss)
     for tensor in (image.grad, text.grad, scale.grad, bias.grad):
@@ -681,7 +680,7 @@ def test_bf16_autocast_gives_the_fp32_loss(loss_type):
     scale, bias = torch.tensor(6.0), torch.tensor(-3.0)
 
     def loss(image, text):
-        return ContrastiveOTLoss(loss_type)(
+        return ContrastiveOTLoss(LossSettings(loss_type))(
             image,
             text,
             inputs["caption_image_index"],
@@ -705,7 +704,7 @@ def test_detach_plan_keeps_only_the_prior_gradient():
     leaves = [inputs["image_embeds"].requires_grad_(), torch.tensor(6.0, dtype=torch.float64, requires_grad=True)]
     gradients = {}
     for detach in (False, True):
-        output = ContrastiveOTLoss("sigrot", detach_plan=detach)(
+        output = ContrastiveOTLoss(LossSettings("sigrot", detach_plan=detach))(
             inputs["image_embeds"],
             inputs["text_embeds"],
             inputs["caption_image_index"],
@@ -721,14 +720,27 @@ def test_detach_plan_keeps_only_the_prior_gradient():
 
 def test_bad_options_and_inputs():
     with pytest.raises(ValueError, match="loss_type"):
-        ContrastiveOTLoss("ot")
+        LossSettings("ot")
     with pytest.raises(ValueError, match="graph_strategy"):
-        ContrastiveOTLoss(graph_strategy="geometric_mean")
+        LossSettings(graph_strategy="geometric_mean")
     inputs = batch()
     arguments = (inputs["image_embeds"], inputs["text_embeds"], inputs["caption_image_index"], torch.tensor(6.0))
     with pytest.raises(ValueError, match="teacher"):
-        ContrastiveOTLoss("clip_sigrot")(*arguments)
+        ContrastiveOTLoss(LossSettings("clip_sigrot"))(*arguments)
     with pytest.raises(ValueError, match="needs a bias"):
-        ContrastiveOTLoss("siglip")(*arguments)
+        ContrastiveOTLoss(LossSettings("siglip"))(*arguments)
     with pytest.raises(ValueError, match="caption_image_index"):
-        ContrastiveOTLoss("clip")(inputs["image_embeds"][:2], *arguments[1:])
+        ContrastiveOTLoss(LossSettings("clip"))(inputs["image_embeds"][:2], *arguments[1:])
+
+
+def test_the_model_decides_clip_or_siglip():
+    """A SigLIP loss needs a model with a logit bias and a CLIP loss one without (`model(return_loss=True)` computes
+    SigLIP's loss exactly when there is a bias); SIGROT alone suits both."""
+    clip_model, siglip_model = ViCLIPOTConfig(), ViCLIPOTConfig(logit_bias_init_value=-10.0)
+    for loss_type, kind in LOSS_TYPES.items():
+        for config in (clip_model, siglip_model):
+            if kind.logit_loss is None or kind.needs_bias == (config is siglip_model):
+                LossSettings(loss_type).check_model(config)
+            else:
+                with pytest.raises(ValueError, match="logit bias"):
+                    LossSettings(loss_type).check_model(config)

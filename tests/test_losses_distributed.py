@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from viclip_ot.losses import ContrastiveOTLoss
+from viclip_ot.losses import ContrastiveOTLoss, LossSettings
 
 LOSS_TYPES = ("clip_sigrot", "siglip_sigrot", "clip_uot", "siglip_uot", "siglip")
 CAPTIONS_PER_IMAGE = (2, 1, 3, 1, 2)  # 9 captions of 5 images
@@ -59,7 +59,7 @@ class TinyModel(nn.Module):
 def loss_and_gradients(model, batch, loss_type):
     """The loss of `batch` (gathered across processes when several run) and the parameters' gradients."""
     model.zero_grad()
-    output = ContrastiveOTLoss(loss_type, ot_max_iter=50, ot_tol=None)(
+    output = ContrastiveOTLoss(LossSettings(loss_type, ot_max_iter=50, ot_tol=None))(
         F.normalize(model.image(batch["image_features"]), dim=-1),
         F.normalize(model.text(batch["text_features"]), dim=-1),
         batch["caption_image_index"],

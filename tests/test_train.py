@@ -17,7 +17,7 @@ from training_setup import demo_split, gradients, make_trainer, random_teacher, 
 
 from dataset_scripts.teacher_embeddings import TeacherEmbeddings, TeacherMismatchError
 from modeling_viclip_ot import multi_positive_clip_loss
-from viclip_ot.losses import sigrot_loss, similarity_graph
+from viclip_ot.losses import ContrastiveOTLoss, LossSettings, sigrot_divergence, similarity_graph, transport_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,8 +116,8 @@ def test_cached_step_is_the_base_step_of_transformers(corpus, tmp_path):
 
 def test_plain_step_gradients_equal_the_hybrid_loss_computed_directly(corpus, tmp_path):
     """`training_step` (no gradient cache) back-propagates L_SIGROT + 0.1 L_CLIP of the model's own embeddings: the
-    gradients of every parameter equal those of the loss assembled here from the towers' features, the teacher graph
-    and the two loss functions (each tested against numpy in test_losses.py)."""
+    gradients of every parameter equal those of the loss assembled here from the towers' features, the teacher graph,
+    the plan and the loss functions (each tested against numpy in test_losses.py)."""
     _, train, teacher = corpus
     model = small_model(tmp_path, [c for cs in train["captions"] for c in cs])
     trainer, collator = make_trainer(model, tmp_path / "out", teacher=teacher)
@@ -129,7 +129,8 @@ def test_plain_step_gradients_equal_the_hybrid_loss_computed_directly(corpus, tm
     texts = F.normalize(model.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output, dim=-1)
     scale = model.logit_scale.exp()
     graph = similarity_graph(batch["teacher_image_embeds"], batch["teacher_text_embeds"], index)
-    loss = sigrot_loss(images, texts, index, graph, scale) + 0.1 * multi_positive_clip_loss(images, texts, index, scale)
+    sigrot = sigrot_divergence(transport_plan(images, texts, index, 0.05, 0.5), graph, scale)
+    loss = sigrot + 0.1 * multi_positive_clip_loss(images, texts, index, scale)
     loss.backward()
     reference = gradients(model)
     model.zero_grad()
@@ -375,12 +376,10 @@ def test_optimizer_groups_learning_rates_and_weight_decay(corpus, tmp_path):
 def test_gradient_cache_when_the_loss_uses_neither_scale_nor_bias(corpus, tmp_path):
     """SIGROT alone with a fixed prior temperature uses no scale: gradient caching gives the full-batch gradients
     (the scale gets none) instead of failing on a leaf without gradient."""
-    from viclip_ot.losses import ContrastiveOTLoss
-
     _, train, teacher = corpus
     model = small_model(tmp_path, [c for cs in train["captions"] for c in cs])
     trainer, collator = make_trainer(model, tmp_path / "out", teacher=teacher, gradcache_chunk_size=3)
-    trainer.loss_fn = ContrastiveOTLoss("sigrot", prior_temperature=0.05)
+    trainer.loss_fn = ContrastiveOTLoss(LossSettings("sigrot", prior_temperature=0.05))
     batch = collator([train[i] for i in range(8)])
     model.train()
     model.zero_grad()
@@ -626,17 +625,10 @@ def test_options_from_yaml_and_flags(tmp_path):
     assert data.corpus_options == {"language": "vi"} and model.small_text_tower_kwargs == {"hidden_size": 32}
     config_kwargs = model.config_kwargs()
     assert config_kwargs["vision_model_kwargs"] == {"depth": 2} and config_kwargs["logit_bias_init_value"] == -10.0
-    built = ViCLIPOTConfig(**config_kwargs)
-    defaults = ViCLIPOTConfig()
-    for name in (
-        "vision_pooling",
-        "vision_head",
-        "vision_head_dropout",
-        "image_size",
-        "text_projection",
-        "projection_dim",
-    ):
-        assert getattr(built, name) == getattr(defaults, name), name
+    built, defaults = ViCLIPOTConfig(**config_kwargs).to_dict(), ViCLIPOTConfig().to_dict()
+    changed = {name for name in defaults if built[name] != defaults[name]}
+    assert changed == {"vision_model_kwargs", "logit_scale_init_value", "logit_bias_init_value"}
+    assert ViCLIPOTConfig(**parse_arguments([])[0].config_kwargs()).to_dict() == defaults
     model, data, _, _ = parse_arguments([str(config), "--corpus_options", '{"language": "en"}'])
     assert data.corpus_options == {"language": "en"} and parse_arguments([])[0].vision_model_kwargs == {}
 

@@ -11,7 +11,7 @@ from modeling_viclip_ot import ViCLIPOTModel
 from processing_viclip_ot import ViCLIPOTProcessor
 from viclip_ot.arguments import ViCLIPOTTrainingArguments
 from viclip_ot.data import ContrastiveCollator
-from viclip_ot.losses import ContrastiveOTLoss
+from viclip_ot.losses import ContrastiveOTLoss, LossSettings
 from viclip_ot.towers import save_small_text_tower, small_config
 from viclip_ot.trainer import ViCLIPOTTrainer
 
@@ -63,7 +63,7 @@ def make_trainer(model, output_dir, train_dataset=None, teacher=None, loss_type=
         args=args,
         train_dataset=train_dataset,
         data_collator=collator,
-        loss_fn=ContrastiveOTLoss(loss_type=loss_type),
+        loss_fn=ContrastiveOTLoss(LossSettings(loss_type)),
     )
     trainer.current_gradient_accumulation_steps = 1
     return trainer, collator

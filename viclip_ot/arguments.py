@@ -1,4 +1,4 @@
-"""Options of `train.py`: model, data and loss fields beside transformers' `TrainingArguments`.
+"""Options of `train.py`: model and data fields, the loss's `LossSettings`, and transformers' `TrainingArguments`.
 
 A YAML config gives any of them; command-line flags override it (`--learning_rate 1e-4`).
 """
@@ -16,7 +16,7 @@ from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_availab
 
 from configuration_viclip_ot import ViCLIPOTConfig
 
-from .losses import GRAPH_STRATEGIES, LOSS_TYPES
+from .losses import LossSettings
 
 
 def config_default(name):
@@ -86,20 +86,10 @@ class ModelArguments:
         parse_json_options(self, ("small_text_tower_kwargs", "vision_model_kwargs"))
 
     def config_kwargs(self):
-        """[`ViCLIPOTConfig`] fields set by these arguments."""
-        names = [
-            "vision_model_kwargs",
-            "vision_pooling",
-            "vision_head",
-            "vision_head_dropout",
-            "image_size",
-            "text_projection",
-            "projection_dim",
-            "logit_scale_init_value",
-            "logit_bias_init_value",
-        ]
-        names += [name for name in ("text_pooling", "vision_model_name") if getattr(self, name)]
-        return {name: getattr(self, name) for name in names}
+        """The [`ViCLIPOTConfig`] fields these arguments set: those named after one, unless None (unset)."""
+        names = inspect.signature(ViCLIPOTConfig).parameters
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name in names}
+        return {name: value for name, value in values.items() if value is not None}
 
 
 @dataclass
@@ -125,42 +115,6 @@ class DataArguments:
         parse_json_options(self, ("corpus_options",))
         if self.data_dir == "":  # unset from the command line (e.g. a paper config with --dataset demo)
             self.data_dir = None
-
-
-@dataclass
-class LossArguments:
-    loss_type: str = field(
-        default="clip_sigrot",
-        metadata={
-            "help": "; ".join(f"{name}: {kind.description}" for name, kind in LOSS_TYPES.items()),
-            "choices": list(LOSS_TYPES),
-        },
-    )
-    contrastive_weight: float = field(default=0.1, metadata={"help": "lambda in L_SIGROT + lambda * L_contrastive."})
-    ot_reg: float = field(default=0.05, metadata={"help": "Entropic regularisation eps."})
-    ot_reg_m: float = field(default=0.5, metadata={"help": "Marginal relaxation tau (inf: balanced OT)."})
-    ot_max_iter: int = field(
-        default=200, metadata={"help": "Sinkhorn iterations at most (a run stopping here unconverged is logged)."}
-    )
-    ot_tol: float = 1e-6
-    ot_check_every: int = field(default=10, metadata={"help": "Sinkhorn iterations between convergence checks."})
-    graph_strategy: str = field(
-        default="cross_modality", metadata={"help": "Teacher similarity graph.", "choices": list(GRAPH_STRATEGIES)}
-    )
-    prior_temperature: float | None = field(
-        default=None, metadata={"help": "Fixed temperature of the prior (default: the model's learnable scale)."}
-    )
-    detach_prior_scale: bool = field(
-        default=False, metadata={"help": "The prior uses the model's scale without passing SIGROT's gradient to it."}
-    )
-    normalise_plan: bool = field(
-        default=False,
-        metadata={
-            "help": "KL between the row-normalised plan and the prior (default: the paper's generalised KL of "
-            "the plan itself, which an empty or full plan can game)."
-        },
-    )
-    detach_plan: bool = field(default=False, metadata={"help": "Stop gradients through the Sinkhorn iterations."})
 
 
 @dataclass
@@ -191,7 +145,7 @@ class ViCLIPOTTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, LossArguments, ViCLIPOTTrainingArguments)
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, LossSettings, ViCLIPOTTrainingArguments)
 RENAMED_OPTIONS = {"logit_scale_init": "logit_scale_init_value", "logit_bias_init": "logit_bias_init_value"}
 
 
