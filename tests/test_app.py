@@ -98,6 +98,7 @@ def page(served):
         browser.close()
 
 
+@pytest.mark.slow
 def test_text_query_shows_the_best_images(served, page):
     _, model, folder = served
     page.wait_for_selector("#text-query textarea", timeout=60_000)
@@ -131,6 +132,7 @@ def test_text_query_shows_the_best_images(served, page):
     assert captions == expected
 
 
+@pytest.mark.slow
 def test_uploaded_image_is_classified_and_searched(served, page):
     _, model, folder = served
     files = sorted((folder / "photos").rglob("*.png"))
@@ -183,6 +185,7 @@ def upload(url, path):
     return {"path": uploaded, "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
 
 
+@pytest.mark.slow
 def test_only_thumbnails_of_results_are_served(served):
     url, _, folder = served
     event, (items,) = call(url, "search_text", QUERY, TOP_K)
@@ -199,6 +202,7 @@ def test_only_thumbnails_of_results_are_served(served):
             assert client.get(f"{url}gradio_api/file={path}").status_code in (403, 404), path
 
 
+@pytest.mark.slow
 def test_bad_upload_and_template_are_clear_messages(served):
     url, _, folder = served
     image = upload(url, sorted((folder / "photos").glob("*.png"))[0])
@@ -210,6 +214,7 @@ def test_bad_upload_and_template_are_clear_messages(served):
     assert event == "complete" and {entry["label"] for entry in scores["confidences"]} == {"hình tròn", "hình vuông"}
 
 
+@pytest.mark.slow
 def test_auth_and_a_warning_beyond_loopback(served, monkeypatch):
     import app
 
