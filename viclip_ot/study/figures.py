@@ -2,13 +2,21 @@
 differences to CLIP."""
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from dataset_scripts._common import atomic_write
 
 from .design import FULL_STUDY, METRICS, ROWS
 from .statistics import by_seed, interval, paired_difference
 from .teachers import TEACHERS
+
+
+def _three_panels():
+    """A figure of three panels side by side sharing their y axis (matplotlib, the `plots` extra, imported here so
+    that the tables need it only when they draw)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(15, 4.5))
+    return figure, figure.subplots(1, 3, sharey=True)
 
 
 def _save(figure, path):
@@ -20,8 +28,7 @@ def plot_study(groups, path):
     """Avg R@K, alignment and modality gap per loss, one colour per teacher, with 95 % intervals."""
     rows = [row for row in ROWS if any(key[0] == row for key in groups)]
     teachers = [None, *TEACHERS]
-    figure = Figure(figsize=(15, 4.5))
-    axes = figure.subplots(1, 3, sharey=True)
+    figure, axes = _three_panels()
     for axis, metric, label in zip(axes, METRICS, ("avg R@K (%)", "alignment", "modality gap")):
         for offset, teacher in enumerate(teachers):
             points = [
@@ -54,8 +61,7 @@ def plot_full_study(groups, path):
     and the mean with its 95 % t-interval."""
     clip = groups.get(("CLIP", None), [])
     keys = [key for key in FULL_STUDY if key != ("CLIP", None) and key in groups]
-    figure = Figure(figsize=(15, 4.5))
-    axes = figure.subplots(1, 3, sharey=True)
+    figure, axes = _three_panels()
     for axis, metric, label in zip(axes, METRICS, ("Δ avg R@K vs CLIP (points)", "Δ alignment", "Δ modality gap")):
         baseline = by_seed(clip, metric)
         for index, key in enumerate(keys):
