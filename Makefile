@@ -30,8 +30,9 @@ demo-teacher: $(STAMP)
 	$(PY) -m dataset_scripts.teacher_embeddings --corpus demo --split train --teacher $(MINILM) --float16 \
 		--output $(DEMO_TEACHER)
 
-# The linter and formatter (ruff, settings in pyproject.toml), then the test suite.
+# The linter and formatter (ruff, settings in pyproject.toml), then the whole test suite (plain `pytest` skips the
+# tests marked slow).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -m "slow or not slow"

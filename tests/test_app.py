@@ -146,6 +146,7 @@ def set_number(page, label, value):
     page.locator(f"input[aria-label='number input for {label}']").first.press("Enter")
 
 
+@pytest.mark.slow
 def test_text_query_shows_the_best_images(served, page):
     _, model, folder, _ = served
     page.wait_for_selector("#text-query textarea", timeout=60_000)
@@ -178,6 +179,7 @@ def test_text_query_shows_the_best_images(served, page):
     assert captions == expected
 
 
+@pytest.mark.slow
 def test_uploaded_image_is_classified_and_searched(served, page):
     _, model, folder, _ = served
     files = sorted((folder / "photos").rglob("*.png"))
@@ -212,6 +214,7 @@ def test_uploaded_image_is_classified_and_searched(served, page):
     assert captions[0] == f"1.000 · {files[5].name}"  # the image finds itself first
 
 
+@pytest.mark.slow
 def test_filters_and_a_weighted_query_in_the_page(served, page):
     url, model, folder, taken = served
     files = sorted((folder / "photos").rglob("*.png"))
@@ -280,6 +283,7 @@ def search_call(url, text=None, image=None, image_weight=0.5, k=TOP_K, folder=""
     return call(url, "search", text, image, image_weight, k, folder, taken_from, taken_to)
 
 
+@pytest.mark.slow
 def test_only_thumbnails_of_results_are_served(served):
     url, _, folder, _ = served
     event, (items,) = search_call(url, QUERY)
@@ -296,6 +300,7 @@ def test_only_thumbnails_of_results_are_served(served):
             assert client.get(f"{url}gradio_api/file={path}").status_code in (403, 404), path
 
 
+@pytest.mark.slow
 def test_bad_upload_date_folder_and_template_are_clear_messages(served):
     url, _, folder, _ = served
     image = upload(url, sorted((folder / "photos").glob("*.png"))[0])
@@ -316,6 +321,7 @@ def test_bad_upload_date_folder_and_template_are_clear_messages(served):
     assert event == "complete" and {entry["label"] for entry in scores["confidences"]} == {"hình tròn", "hình vuông"}
 
 
+@pytest.mark.slow
 def test_auth_and_a_warning_beyond_loopback(served, monkeypatch):
     import app
 
@@ -355,6 +361,7 @@ def exact_hits(model, query, files, k):
     return [{"path": str(files[i]), "score": pytest.approx(float(similarities[i]), abs=1e-5)} for i in order]
 
 
+@pytest.mark.slow
 def test_folder_filter_gives_k_images_of_that_folder(served, index):
     import app
 
@@ -375,6 +382,7 @@ def test_folder_filter_gives_k_images_of_that_folder(served, index):
     "taken_from, taken_to",
     [("2021-01-03", "2021-01-06"), ("2019-05-01", "2019-05-01"), ("", "2020-12-31"), ("2021-01-10", None)],
 )
+@pytest.mark.slow
 def test_date_range_gives_the_images_taken_in_it(served, index, taken_from, taken_to):
     """Both ends included, EXIF `DateTimeOriginal` first (the first two photos' files are from today), else mtime."""
     import app
@@ -396,6 +404,7 @@ def test_bad_dates_are_one_clear_message(index):
             app.search_photos(index, QUERY, taken_from=bad)
 
 
+@pytest.mark.slow
 def test_text_and_image_weighted_as_the_command_line_does(served, index, capsys):
     import app
     from viclip_ot.search import main as search_main

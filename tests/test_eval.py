@@ -476,6 +476,7 @@ def test_corpus_errors(model_dir, data_root, tmp_path):
         run_eval("--model", model_dir, "--suite", "paper", "--data-root", data_root, tmp_path=tmp_path)
 
 
+@pytest.mark.slow
 def test_command_line_error_is_one_line(text_tower_dir, tmp_path):
     result = subprocess.run(
         [

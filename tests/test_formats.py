@@ -126,6 +126,7 @@ def test_missing_tokenizer_uncached_tag_and_wrong_weights_are_clear_errors(tmp_p
 # ---------------------------------------------------------------- a loaded model re-saved
 
 
+@pytest.mark.slow
 def test_resaved_model_is_complete_in_a_fresh_process(tower_dirs, sbert_dir, tmp_path):
     folder, _ = tower_dirs["dinov3-resized"]
     ViCLIPOTModel.from_towers(folder, sbert_dir, image_size=32, projection_dim=16).save_pretrained(tmp_path / "a")
@@ -201,6 +202,7 @@ def authors_embeddings(state_dict, config, sbert_dir, vision_dir, pixels, texts)
     return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "vision_proj, text_proj, proj_bias, logit_bias",
     [
@@ -267,6 +269,7 @@ def test_authors_release_converts_to_equal_embeddings(
     assert not (output / "stale.bin").exists() and (output / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs, sbert_dir, tmp_path):
     vision_dir = tower_dirs["dinov3-resized"][0]
     _, state_dict = authors_release(tmp_path / "release", sbert_dir, vision_dir)
@@ -379,6 +382,7 @@ def baseline_dirs(tmp_path_factory):
     return {"siglip": siglip_baseline(root / "siglip", VIETNAMESE_TEXTS * 5), "clip": clip_baseline(root / "clip")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["siglip", "clip"])
 def test_baselines_encode_as_their_models_and_run_in_eval(kind, baseline_dirs, tmp_path):
     from transformers import AutoModel as Auto
@@ -427,6 +431,7 @@ def test_baselines_encode_as_their_models_and_run_in_eval(kind, baseline_dirs, t
     assert entry["images"] == 4 and 0 <= entry["metrics"]["t2i_R@1"] <= 100
 
 
+@pytest.mark.slow
 def test_a_baseline_missing_a_package_is_one_clear_line(baseline_dirs, tmp_path):
     script = (
         "import runpy, sys; sys.modules['sentencepiece'] = None; sys.argv = sys.argv[1:]\n"
@@ -464,6 +469,7 @@ def test_a_baseline_missing_a_package_is_one_clear_line(baseline_dirs, tmp_path)
 # ---------------------------------------------------------------- the teacher script
 
 
+@pytest.mark.slow
 def test_teacher_script_on_one_and_two_processes_with_a_text_only_teacher(sbert_dir, tmp_path):
     """`python -m dataset_scripts.teacher_embeddings` with the vietnamese-sbert replica (text only: an image is the
     normalised mean of its captions); two processes split the images and give the same file."""

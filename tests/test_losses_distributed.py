@@ -104,6 +104,7 @@ def distributed_results(tmp_path_factory):
     return [torch.load(folder / f"{rank}.pt") for rank in range(WORLD_SIZE)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_two_processes_equal_one_on_the_union(distributed_results, loss_type):
     expected_loss, expected_gradients = loss_and_gradients(TinyModel(), union_batch(), loss_type)

@@ -197,6 +197,7 @@ def test_evaluate_module_loads_offline_and_matches(monkeypatch, tmp_path):
         metric.compute(text_embeds=y, image_embeds=x[idx] + torch.rand(len(idx), 1), caption_image_index=idx)
 
 
+@pytest.mark.slow
 def test_evaluate_module_loads_without_the_repository(tmp_path):
     """A copy of the module folder (links resolved, as an upload makes it) loads where `viclip_ot` cannot be
     imported, and scores as `retrieval_metrics` does."""

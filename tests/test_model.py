@@ -23,6 +23,7 @@ from viclip_ot.towers import small_config, small_image_tower_kwargs
 CAPTIONS = ["hai hình tròn màu đỏ ở bên trái", "một con mèo đang nằm trên ghế sofa", "tách cà phê đặt trên bàn gỗ"]
 
 
+@pytest.mark.slow
 def test_fresh_process_loads_remote_code_offline(make_model, photos, tmp_path):
     model = make_model()
     model.save_pretrained(tmp_path / "model")

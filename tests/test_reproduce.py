@@ -1,4 +1,4 @@
-"""reproduce.py's full-length study: the control teachers, the paired statistics and the pairing check."""
+"""The full-length study of reproduce.py (`viclip_ot.study`): control teachers, paired statistics, pairing check."""
 
 import json
 import math
@@ -13,6 +13,9 @@ from training_setup import tiny_demo_config
 import reproduce
 from dataset_scripts import load_corpus
 from dataset_scripts.teacher_embeddings import TeacherEmbeddings, TeacherMismatchError
+from viclip_ot.study import design, runs
+from viclip_ot.study.statistics import paired_difference, pairing_problems
+from viclip_ot.study.teachers import RANDOM_TEACHER_DIMENSION, identity_teacher, random_teacher
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def test_identity_teacher_rows_are_one_hot_per_image_and_pass_the_teacher_checks
     """Image i's row is e_i, each of its captions carries it (rows in the corpus's order, five captions an image),
     the saved file passes the corpus checks, and the checks still catch a changed caption."""
     path = tmp_path / "identity.safetensors"
-    reproduce.identity_teacher().save(path)
+    identity_teacher().save(path)
     teacher = TeacherEmbeddings.load(path)
     teacher.check_corpus(demo_train)
     teacher.check_corpus(demo_train.select(range(100)))  # a subset, as --max_train_images trains on
@@ -44,14 +47,14 @@ def test_random_teacher_rows_are_unit_norm_seeded_and_unrelated(tmp_path, demo_t
     """Every image and caption row has norm 1; the same seed gives the same rows, another seed others; captions do
     not carry their image's row (their cosine to it is that of independent random vectors, ~ N(0, 1/D)); the file
     passes the corpus checks."""
-    teacher = reproduce.random_teacher(seed=3)
+    teacher = random_teacher(seed=3)
     path = tmp_path / "random.safetensors"
     teacher.save(path)
     TeacherEmbeddings.load(path).check_corpus(demo_train)
-    assert teacher.dimension == reproduce.RANDOM_TEACHER_DIMENSION
+    assert teacher.dimension == RANDOM_TEACHER_DIMENSION
     for rows in (teacher.image_embeds, teacher.text_embeds):
         torch.testing.assert_close(rows.norm(dim=1), torch.ones(len(rows)))
-    again, other = reproduce.random_teacher(seed=3), reproduce.random_teacher(seed=4)
+    again, other = random_teacher(seed=3), random_teacher(seed=4)
     assert torch.equal(again.image_embeds, teacher.image_embeds) and torch.equal(again.text_embeds, teacher.text_embeds)
     assert not torch.allclose(other.image_embeds, teacher.image_embeds)
     own = (teacher.text_embeds * teacher.image_embeds.repeat_interleave(teacher.caption_counts, 0)).sum(1)
@@ -66,7 +69,7 @@ def test_paired_difference_against_a_hand_computation():
     values = {4: 15.5, 3: 13.0, 2: 12.0, 1: 15.5, 0: 12.0, 9: -1.0}  # differences 2, 3.5, 1, 4, 2.5
     d = np.array([2.0, 3.5, 1.0, 4.0, 2.5])
     mean, sd = 2.6, math.sqrt(((d - 2.6) ** 2).sum() / 4)
-    result = reproduce.paired_difference(values, baseline)
+    result = paired_difference(values, baseline)
     assert result["n"] == 5 and result["mean"] == pytest.approx(mean)
     assert result["high"] - mean == pytest.approx(2.776445 * sd / math.sqrt(5), rel=1e-6)
     assert mean - result["low"] == pytest.approx(2.776445 * sd / math.sqrt(5), rel=1e-6)
@@ -74,9 +77,9 @@ def test_paired_difference_against_a_hand_computation():
     assert result["t_p"] == pytest.approx(2 * stats.t.sf(t, 4))
     assert result["t_p"] == pytest.approx(stats.ttest_rel([12, 15.5, 12, 13, 15.5], [10, 12, 11, 9, 13]).pvalue)
     assert result["wilcoxon_p"] == pytest.approx(2 / 2**5)
-    one = reproduce.paired_difference({0: 1.0}, {0: 0.5})
+    one = paired_difference({0: 1.0}, {0: 0.5})
     assert one["mean"] == 0.5 and math.isnan(one["low"]) and math.isnan(one["t_p"])
-    same = reproduce.paired_difference({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
+    same = paired_difference({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
     assert same["mean"] == 0 and math.isnan(same["t_p"]) and math.isnan(same["wilcoxon_p"])
 
 
@@ -88,19 +91,20 @@ def test_pairing_problems_names_the_seeds_whose_runs_differ():
         ("CLIP", None): [record(0, "a", "x"), record(1, "b", "y"), record(2, "c", "z")],
         ("SigLIP", None): [record(0, "a", "x"), record(1, "b", "other batches"), record(2, "other weights", "z")],
     }
-    assert reproduce.pairing_problems(groups) == [1, 2]
+    assert pairing_problems(groups) == [1, 2]
     groups[("SigLIP", None)] = groups[("CLIP", None)]
-    assert reproduce.pairing_problems(groups) == []
+    assert pairing_problems(groups) == []
 
 
+@pytest.mark.slow
 def test_full_study_pairs_seeds_records_threads_and_reports_paired_differences(tmp_path, monkeypatch):
     """Two rows (CLIP; the demo default with the identity graph) x two seeds of tiny runs: each result file holds
     the threads and launcher and a pairing fingerprint that is the same across rows for a seed and differs between
     seeds; a rerun trains nothing; the table's difference to CLIP is the paired statistic of the files' values."""
-    monkeypatch.setattr(reproduce, "FULL_STUDY", (("CLIP", None), (reproduce.DEMO_DEFAULT, "identity")))
+    monkeypatch.setattr(design, "FULL_STUDY", (("CLIP", None), (design.DEMO_DEFAULT, "identity")))
     trained = []
-    original = reproduce.train_run
-    monkeypatch.setattr(reproduce, "train_run", lambda *a: trained.append(a) or original(*a))
+    original = runs.train_run
+    monkeypatch.setattr(runs, "train_run", lambda *a: trained.append(a) or original(*a))
     small = tiny_demo_config(tmp_path / "small.yaml", "max_train_images: 16\nnum_train_epochs: 1\n")
     args = ["--study", "full", "--config", str(small), "--seeds", "0", "1", "--runs", str(tmp_path / "runs")]
     args += ["--work-dir", str(tmp_path / "work"), "--output", str(tmp_path / "full.md")]
@@ -111,11 +115,11 @@ def test_full_study_pairs_seeds_records_threads_and_reports_paired_differences(t
     assert {r["threads"] for r in records.values()} == {torch.get_num_threads()}
     assert all("--study full --jobs 1" in r["launcher"] and r["steps"] == 2 for r in records.values())
     for seed in (0, 1):
-        assert records["CLIP", seed]["pairing"] == records[reproduce.DEMO_DEFAULT, seed]["pairing"]
+        assert records["CLIP", seed]["pairing"] == records[design.DEMO_DEFAULT, seed]["pairing"]
     assert records["CLIP", 0]["pairing"]["initial_weights"] != records["CLIP", 1]["pairing"]["initial_weights"]
     assert records["CLIP", 0]["pairing"]["training_batches"] != records["CLIP", 1]["pairing"]["training_batches"]
     differences = [
-        records[reproduce.DEMO_DEFAULT, s]["metrics"]["avg_R"] - records["CLIP", s]["metrics"]["avg_R"] for s in (0, 1)
+        records[design.DEMO_DEFAULT, s]["metrics"]["avg_R"] - records["CLIP", s]["metrics"]["avg_R"] for s in (0, 1)
     ]
     mean, half = np.mean(differences), 12.706205 * abs(differences[0] - differences[1]) / 2  # t(0.975, 1) s / sqrt 2
     table = (tmp_path / "full.md").read_text()

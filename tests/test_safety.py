@@ -228,6 +228,7 @@ ENTRY_POINT_ERRORS = [
 ]
 
 
+@pytest.mark.slow
 def test_every_entry_point_reports_a_user_error_in_one_line():
     argvs = [argv for argv, _, _ in ENTRY_POINT_ERRORS]
     result = command("-c", RUN_ENTRY_POINTS, json.dumps(argvs))

@@ -149,6 +149,7 @@ def run_cli(*args, env=None):
     )
 
 
+@pytest.mark.slow
 def test_cli_index_and_json_query(demo_model, demo_model_dir, images, tmp_path):
     result = run_cli(
         "index",
@@ -191,6 +192,7 @@ def test_cli_index_and_json_query(demo_model, demo_model_dir, images, tmp_path):
     assert not (tmp_path / "index2").exists()
 
 
+@pytest.mark.slow
 def test_cli_index_with_two_processes(demo_model_dir, images, tmp_path):
     """`accelerate launch` with 2 CPU processes: each encodes a share; the saved index equals a one-process one."""
     env = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}

@@ -382,6 +382,7 @@ print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if 
 """
 
 
+@pytest.mark.slow
 def test_build_memory_does_not_grow_with_the_collection(tmp_path):
     """The build (embeddings gathered from the shards into one file, IVF-PQ trained on a sample and filled in
     a stream) of 20k and 80k 768-d vectors (61 MB and 246 MB): its peak memory grows by far less than the

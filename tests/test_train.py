@@ -141,6 +141,7 @@ def test_plain_step_gradients_equal_the_hybrid_loss_computed_directly(corpus, tm
         torch.testing.assert_close(grad, reference[name], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process_on_the_union(corpus, tmp_path):
     folder, train, teacher = corpus
     captions = [c for cs in train["captions"] for c in cs]
@@ -270,6 +271,7 @@ def test_resume_from_checkpoint_gives_the_same_weights(tmp_path, demo_teacher, m
         torch.testing.assert_close(resumed[key], straight[key], atol=0, rtol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_pushed_folder_loads_offline_with_a_model_card(tmp_path, demo_teacher, monkeypatch):
     uploads = []
 
@@ -447,7 +449,7 @@ def test_scene_factor_teacher_matches_the_demo_corpus(tmp_path):
     (template "{count} {shape} {colour} {position}, nền {background}"), its captions carry that row, and the file
     passes train.py's corpus check; the noisy one stays close to it."""
     from dataset_scripts import demo, load_corpus
-    from reproduce import scene_factor_teacher
+    from viclip_ot.study.teachers import scene_factor_teacher
 
     teacher = scene_factor_teacher()
     train = load_corpus("demo", split="train", cache_dir=str(tmp_path / "cache"))
@@ -478,14 +480,17 @@ def test_scene_factor_teacher_matches_the_demo_corpus(tmp_path):
     assert 0.7 < (noisy.image_embeds * teacher.image_embeds).sum(1).mean() < 0.95
 
 
+@pytest.mark.slow
 def test_ablation_driver_resumes_and_reports(tmp_path, monkeypatch):
     """Two quick runs of the demo study (a few steps): one JSON per finished run, a rerun trains nothing, the
     table and figure hold every run with its interval over seeds."""
     import reproduce
+    from viclip_ot.study import runs
+    from viclip_ot.study.statistics import interval
 
     trained = []
-    original = reproduce.train_run
-    monkeypatch.setattr(reproduce, "train_run", lambda *a: trained.append(a) or original(*a))
+    original = runs.train_run
+    monkeypatch.setattr(runs, "train_run", lambda *a: trained.append(a) or original(*a))
     small = tiny_demo_config(tmp_path / "small.yaml")
     args = [
         "--config",
@@ -516,7 +521,7 @@ def test_ablation_driver_resumes_and_reports(tmp_path, monkeypatch):
     table = (tmp_path / "ablation.md").read_text()
     records = [json.loads(path.read_text()) for path in (tmp_path / "runs").glob("*normalised*.json")]
     values = [record["metrics"]["avg_R"] for record in records]
-    mean, half = reproduce.interval(values)
+    mean, half = interval(values)
     assert f"| ViCLIP-OT, normalised plan | perfect | 2 | {mean:.1f} ± {half:.1f} |" in table
     assert half == pytest.approx(12.706 * abs(values[0] - values[1]) / 2, rel=1e-3)  # t(0.975, 1) s / sqrt(2)
     assert (tmp_path / "ablation.png").stat().st_size > 0
@@ -530,6 +535,7 @@ class _Thumbnail(torch.nn.Module):
         return torch.nn.functional.normalize((thumb - thumb.mean(dim=(2, 3), keepdim=True)).flatten(1), dim=1)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypatch):
     """`reproduce.py --suite paper` on the fixture corpora with tiny towers and one step per config: dedupe reports,
@@ -539,6 +545,7 @@ def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypat
 
     import reproduce
     import train
+    from viclip_ot.study.design import PAPER_AVG_R, PAPER_CONFIGS
     from viclip_ot.towers import save_small_text_tower
 
     root = tmp_path / "data"
@@ -588,13 +595,11 @@ def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypat
 
     assert (root / "dedup" / "ktvic-train.json").is_file() and (root / "dedup" / "ktvic-test.json").is_file()
     assert (tmp_path / "work" / "teachers" / "uit-openviic-train.safetensors").is_file()
-    assert [argv[0].rsplit("/", 1)[-1] for argv in trained] == [
-        f"{name}.yaml" for name in reproduce.PAPER_CONFIGS.values()
-    ]
+    assert [argv[0].rsplit("/", 1)[-1] for argv in trained] == [f"{name}.yaml" for name in PAPER_CONFIGS.values()]
     with_teacher = [argv[0].rsplit("/", 1)[-1] for argv in trained if "--teacher_embeddings" in argv]
     assert with_teacher == ["sigrot.yaml", "viclip_ot.yaml", "visiglip_ot.yaml"]
     table = (tmp_path / "paper.md").read_text()
-    assert list(results) == list(reproduce.PAPER_CONFIGS)
+    assert list(results) == list(PAPER_CONFIGS)
     for row, evaluations in results.items():
         assert list(evaluations) == [
             "UIT-OpenViIC test",
@@ -603,7 +608,7 @@ def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypat
             "Crossmodal-3600 vi",
         ]
         uit = evaluations["UIT-OpenViIC test"]["metrics"]["avg_R"]
-        published = reproduce.PAPER_AVG_R["UIT-OpenViIC test"].get(row)
+        published = PAPER_AVG_R["UIT-OpenViIC test"].get(row)
         assert f"| {row} | {uit:.2f}" + (f" ({published:.2f})" if published else " |") in table
     assert "(67.34)" in table and "(56.17)" in table
     reproduce.main(args)
