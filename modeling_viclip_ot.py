@@ -289,7 +289,7 @@ class ViCLIPOTOutput(ModelOutput):
 TIMM_HEAD_ARGS = ("num_classes", "global_pool")
 
 
-def build_image_head(kind, in_dim, out_dim, dropout, bias=False):
+def build_vision_head(kind, in_dim, out_dim, dropout, bias=False):
     """`linear`: Dropout -> Linear; `mlp`: Linear -> GELU -> Dropout -> Linear; `none`: identity. `bias` is the
     last Linear's."""
     if kind == "none":
@@ -408,7 +408,7 @@ class ViCLIPOTModel(PreTrainedModel):
         super().__init__(config)
         self.vision_model = create_image_tower(config) if vision_model is None else vision_model
         vision_width = getattr(self.vision_model, "head_hidden_size", None) or self.vision_model.num_features
-        self.vision_head = build_image_head(
+        self.vision_head = build_vision_head(
             config.vision_head, vision_width, config.projection_dim, config.vision_head_dropout, config.vision_head_bias
         )
         self.text_model = create_text_tower(config.text_config) if text_model is None else text_model

@@ -40,8 +40,8 @@ import torch
 from scipy import stats
 from transformers import TrainerCallback
 
-from dataset_scripts._common import atomic_write
 from viclip_ot.cli import run
+from viclip_ot.files import atomic_write
 
 REPO = Path(__file__).resolve().parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -666,7 +666,7 @@ def run_paper_suite(args):
     """Dedupe reports of KTVIC train and test against UIT-OpenViIC train, the teacher embeddings of UIT-OpenViIC
     train, the seven configs trained on it, each evaluated on `eval.py --suite paper`; every step is skipped when its
     output exists. Writes and prints Avg R@K per evaluation set beside the paper's."""
-    import eval as evaluate
+    import eval as eval_cli
     import train
     from dataset_scripts import dedupe, teacher_embeddings
     from viclip_ot.arguments import read_config
@@ -724,7 +724,7 @@ def run_paper_suite(args):
                 if LOSS_TYPES[read_config(config)["loss_type"]].needs_teacher:
                     options += ["--teacher_embeddings", str(teacher)]
                 train.main([str(config), *options, *overrides])
-            evaluate.main(
+            eval_cli.main(
                 [
                     "--model",
                     str(folder / "final"),

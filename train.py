@@ -19,8 +19,8 @@ from viclip_ot.arguments import parse_arguments
 from viclip_ot.cli import run
 from viclip_ot.data import ContrastiveCollator, train_transform
 from viclip_ot.losses import LOSS_TYPES, ContrastiveOTLoss
-from viclip_ot.metrics import format_metrics_table
-from viclip_ot.towers import save_small_text_tower, small_config, small_image_tower_kwargs
+from viclip_ot.retrieval import format_metrics_table
+from viclip_ot.small_towers import save_small_text_tower, small_config, small_image_tower_kwargs
 from viclip_ot.trainer import ViCLIPOTTrainer, freeze
 
 

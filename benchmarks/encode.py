@@ -197,7 +197,7 @@ def compare_backends(args):
 def demo_comparison(folder):
     """Per backend: the demo test split's avg R@K, its change from fp32, the top-10 text-to-image overlap with fp32."""
     from dataset_scripts import load_corpus
-    from viclip_ot.metrics import retrieval_metrics
+    from viclip_ot.retrieval import retrieval_metrics
 
     model = ViCLIPOTModel.from_pretrained(folder).eval()
     split = load_corpus("demo", split="test")

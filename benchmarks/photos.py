@@ -26,7 +26,7 @@ from conftest import VIETNAMESE_TEXTS  # noqa: E402
 
 from modeling_viclip_ot import ViCLIPOTModel  # noqa: E402
 from processing_viclip_ot import ViCLIPOTProcessor, load_rgb_image  # noqa: E402
-from viclip_ot.towers import save_small_text_tower, small_config  # noqa: E402
+from viclip_ot.small_towers import save_small_text_tower, small_config  # noqa: E402
 
 torch.set_num_threads(2)
 SAMPLES = {"astronaut": data.astronaut, "chelsea": data.chelsea, "coffee": data.coffee, "rocket": data.rocket}

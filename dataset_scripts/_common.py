@@ -11,13 +11,11 @@ decodes to an RGB `PIL.Image` and the built corpus no longer needs the source fo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import typing
-import uuid
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -172,22 +170,6 @@ def _decode(raw: bytes, allow_truncated: bool) -> Image.Image:
         return image
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-@contextlib.contextmanager
-def atomic_write(path):
-    """Yield a temporary path beside `path` to write to; on success it replaces `path`, on failure it is
-    removed, so that readers never see a half-written file. The caller creates the file, so it gets the mode the
-    user's umask gives."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from modeling_viclip_ot import ViCLIPOTModel
 from processing_viclip_ot import ViCLIPOTProcessor
-from viclip_ot.towers import save_small_text_tower, small_config
+from viclip_ot.small_towers import save_small_text_tower, small_config
 
 torch.set_num_threads(2)
 

@@ -17,7 +17,8 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoProcessor, AutoTokenizer
 
 from modeling_viclip_ot import ViCLIPOTModel
-from viclip_ot.convert import load_authors_model
+from viclip_ot.cli import run
+from viclip_ot.convert import AuthorsFormatError, load_authors_model
 from viclip_ot.convert import main as convert_main
 
 CAPTIONS = VIETNAMESE_TEXTS[:4]
@@ -231,7 +232,7 @@ def test_authors_release_converts_to_equal_embeddings(
     checkpoint = authors_checkpoint(tmp_path / "viclip_ot_best.pth", state_dict)
     sources = [release, checkpoint]
     for source in sources:
-        extra = {} if source == release else {"text_tower": str(sbert_dir), "vision_model": str(vision_dir)}
+        extra = {} if source == release else {"text_tower": str(sbert_dir), "image_tower": str(vision_dir)}
         model = load_authors_model(source, **extra)
         with torch.no_grad():
             got_images = F.normalize(model.get_image_features(pixels).pooler_output, dim=-1)
@@ -270,9 +271,9 @@ def test_authors_release_converts_to_equal_embeddings(
 def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs, sbert_dir, tmp_path):
     vision_dir = tower_dirs["dinov3-resized"][0]
     _, state_dict = authors_release(tmp_path / "release", sbert_dir, vision_dir)
-    towers = {"text_tower": str(sbert_dir), "vision_model": str(vision_dir)}
+    towers = {"text_tower": str(sbert_dir), "image_tower": str(vision_dir)}
     extra = authors_checkpoint(tmp_path / "extra.pth", {**state_dict, "vision_model.extra.weight": torch.zeros(1)})
-    with pytest.raises(KeyError, match="image_encoder.extra.weight|vision_model.extra.weight"):
+    with pytest.raises(AuthorsFormatError, match="image_encoder.extra.weight|vision_model.extra.weight"):
         load_authors_model(extra, **towers)
     command = [
         sys.executable,
@@ -282,7 +283,7 @@ def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs
         str(tmp_path / "out"),
         "--text-tower",
         str(sbert_dir),
-        "--vision-model",
+        "--image-tower",
         str(vision_dir),
     ]
     result = subprocess.run(
@@ -293,8 +294,22 @@ def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs
     assert not (tmp_path / "out").exists()
     del state_dict["vision_model.trunk.cls_token"]
     missing = authors_checkpoint(tmp_path / "missing.pth", state_dict)
-    with pytest.raises(KeyError, match="1 missing weights.*vision_model.cls_token"):
+    with pytest.raises(AuthorsFormatError, match="1 missing weights.*vision_model.cls_token"):
         load_authors_model(missing, **towers)
+
+
+def test_a_checkpoint_without_model_state_dict_is_a_user_error(tmp_path, capsys):
+    checkpoint = tmp_path / "other.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, checkpoint)
+    with pytest.raises(AuthorsFormatError, match="has no 'model_state_dict'") as raised:
+        load_authors_model(checkpoint)
+    assert isinstance(raised.value, ValueError)  # the user errors every command reports in one line
+    with pytest.raises(SystemExit) as exited:
+        run(convert_main, [str(checkpoint), str(tmp_path / "out")], prog="convert")
+    assert exited.value.code == 2
+    expected = f"{checkpoint} is no authors' training checkpoint: it has no 'model_state_dict'"
+    assert capsys.readouterr().err == f"convert: error: {expected}\n"
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- training options on any tower

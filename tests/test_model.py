@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from modeling_viclip_ot import ViCLIPOTModel
 from processing_viclip_ot import ViCLIPOTProcessor
-from viclip_ot.towers import small_config, small_image_tower_kwargs
+from viclip_ot.small_towers import small_config, small_image_tower_kwargs
 
 CAPTIONS = ["hai hình tròn màu đỏ ở bên trái", "một con mèo đang nằm trên ghế sofa", "tách cà phê đặt trên bàn gỗ"]
 

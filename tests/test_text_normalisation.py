@@ -82,7 +82,7 @@ def variants(caption):
 def saved_model(tmp_path_factory):
     """A PhoBERT-replica model (its BPE learned on the captions as written here) saved with its processor."""
     from modeling_viclip_ot import ViCLIPOTModel
-    from viclip_ot.towers import small_config
+    from viclip_ot.small_towers import small_config
 
     folder = tmp_path_factory.mktemp("normalisation")
     words = CAPTIONS + [normalize_vietnamese(caption, "òa") for caption in CAPTIONS]

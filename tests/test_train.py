@@ -493,7 +493,7 @@ def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypat
 
     import reproduce
     import train
-    from viclip_ot.towers import save_small_text_tower
+    from viclip_ot.small_towers import save_small_text_tower
 
     root = tmp_path / "data"
     write_uit(root / "uit-openviic", truncate=None)

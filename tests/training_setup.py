@@ -12,7 +12,7 @@ from processing_viclip_ot import ViCLIPOTProcessor
 from viclip_ot.arguments import ViCLIPOTTrainingArguments
 from viclip_ot.data import ContrastiveCollator
 from viclip_ot.losses import ContrastiveOTLoss
-from viclip_ot.towers import save_small_text_tower, small_config
+from viclip_ot.small_towers import save_small_text_tower, small_config
 from viclip_ot.trainer import ViCLIPOTTrainer
 
 

@@ -17,8 +17,8 @@ from transformers.utils import logging
 from .data import gradcache_chunks
 from .evaluation import encode_corpus
 from .gradcache import cached_backward
-from .metrics import retrieval_metrics
 from .model_card import write_model_card
+from .retrieval import retrieval_metrics
 
 HEAD_PARAMETERS = ("vision_head.", "text_projection.", "logit_scale", "logit_bias")
 # Files of a checkpoint folder that are training state, not part of the model a user loads.
