@@ -141,6 +141,16 @@ def autocast_dtype(backend, device):
     return torch.bfloat16 if native else None
 
 
+def encode_in_batches(embed, items, batch_size, show_progress_bar=None, desc="encoding", dim=0) -> torch.Tensor:
+    """`embed(batch)` of each run of `batch_size` items, concatenated in order; `(0, dim)` for no items. The loop
+    of `ViCLIPOTModel.encode_image` / `encode_text`, and of the baseline encoders of `viclip_ot.encoders`."""
+    chunks = []
+    starts = range(0, len(items), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not show_progress_bar, unit="batch"):
+        chunks.append(embed(items[start : start + batch_size]))
+    return torch.cat(chunks) if chunks else torch.empty(0, dim)
+
+
 def model_fingerprint(model) -> str:
     """SHA-256 of the model's config (without paths and versions) and of every weight (name, dtype, shape, bytes)."""
     ignored = {"_name_or_path", "name_or_path", "auto_map", "custom_pipelines", "transformers_version", "_commit_hash"}
@@ -639,14 +649,15 @@ class ViCLIPOTModel(PreTrainedModel):
         was_training = self.training
         self.eval()
         embed = self._batch_encoder(kind, backend)
-        chunks = []
-        starts = range(0, len(items), batch_size)
-        for start in tqdm(starts, desc=f"encoding {kind}s", disable=not show_progress_bar, unit="batch"):
-            batch = items[start : start + batch_size]
-            chunks.append(embed(processor(images=batch) if kind == "image" else processor(text=batch)))
+
+        def embed_items(batch):
+            return embed(processor(images=batch) if kind == "image" else processor(text=batch))
+
+        embeds = encode_in_batches(
+            embed_items, items, batch_size, show_progress_bar, f"encoding {kind}s", self.config.projection_dim
+        )
         self.train(was_training)
-        dim = self.config.projection_dim
-        return torch.cat(chunks) if chunks else torch.empty(0, dim)
+        return embeds
 
     # ----------------------------------------------------------------------------------------------------------
     # Building from pretrained towers, saving

@@ -6,7 +6,7 @@ built**: a file that is already a complete upright RGB JPEG or PNG is stored byt
 (an EXIF orientation, palette, transparency, grayscale, 16-bit, CMYK, a truncated JPEG, other formats such as
 HEIC) is converted by `processing_viclip_ot.to_rgb`, the converter inference uses (turned upright, transparent
 pixels white), and stored as lossless PNG. The `image` column therefore always
-decodes to an RGB `PIL.Image` and the built corpus no longer needs the source folder.
+decodes to an RGB `PIL.Image` and the built corpus does not need the source folder.
 """
 
 from __future__ import annotations
