@@ -207,7 +207,7 @@ def export_int8_tower(model, kind, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch")
     if kind == "image":
-        size = model.config.image_size
+        size = model._processor_or_error().image_processor.crop_size  # the side of every image the tower is fed
         tower, inputs = ImageTower(model), {"pixel_values": torch.zeros(2, 3, size, size)}
         dynamic_shapes = {"pixel_values": {0: batch}}
     else:
@@ -664,7 +664,9 @@ class ViCLIPOTModel(PreTrainedModel):
     # ----------------------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_towers(cls, vision_model_name_or_path, text_model_name_or_path, word_segmentation=False, **config_kwargs):
+    def from_towers(
+        cls, vision_model_name_or_path, text_model_name_or_path, crop_size=224, word_segmentation=False, **config_kwargs
+    ):
         """A new model whose towers hold pretrained weights; the heads are freshly initialised.
 
         Args:
@@ -675,13 +677,14 @@ class ViCLIPOTModel(PreTrainedModel):
                 (`.safetensors`, `.pth`, `.bin`) for the architecture given as `vision_model_name=...`.
             text_model_name_or_path: a transformers model name or folder (a sentence-transformers folder too: its
                 pooling mode and maximum sequence length are read).
+            crop_size: side of the square crop the processor feeds the image tower.
             word_segmentation: segment Vietnamese words before tokenising (PhoBERT towers).
             config_kwargs: any other [`ViCLIPOTConfig`] field; `vision_model_kwargs` go to `timm.create_model`.
         """
         processing = _processing_module()
         # The tokenizer first: a tower without one fails before any weights are read.
         processor = processing.ViCLIPOTProcessor.from_text_tower(
-            text_model_name_or_path, crop_size=config_kwargs.get("image_size", 224), word_segmentation=word_segmentation
+            text_model_name_or_path, crop_size=crop_size, word_segmentation=word_segmentation
         )
         settings = processing.read_sentence_transformers_settings(str(text_model_name_or_path))
         if "text_pooling" in settings:

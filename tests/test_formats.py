@@ -59,7 +59,7 @@ def test_from_towers_reads_timm_folders_with_their_model_args(tower, tower_dirs,
     model = ViCLIPOTModel.from_towers(
         folder,
         sbert_dir,
-        image_size=32,
+        crop_size=32,
         projection_dim=32,
         vision_head="none" if reference.num_features == 32 else "linear",
     ).eval()
@@ -94,7 +94,7 @@ def test_from_towers_accepts_the_local_dir_and_weights_file_sources(tower_dirs, 
             {"vision_model_name": "vit_small_patch16_dinov3", "vision_model_kwargs": DINOV3_SMALL},
         ),
     ):
-        model = ViCLIPOTModel.from_towers(source, sbert_dir, image_size=32, projection_dim=16, **extra)
+        model = ViCLIPOTModel.from_towers(source, sbert_dir, crop_size=32, projection_dim=16, **extra)
         for key, value in reference.state_dict().items():
             torch.testing.assert_close(model.vision_model.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
@@ -105,7 +105,7 @@ def test_long_captions_are_truncated_at_the_towers_positions(tmp_path):
     plain = vietnamese_sbert(tmp_path / "phobert", words, sentence_transformers_files=False, model_max_length=None)
     assert AutoTokenizer.from_pretrained(plain).model_max_length > 1e6  # the tokenizer gives no limit
     folder, _ = timm_hub_folder(tmp_path / "dino", "vit_small_patch16_dinov3", DINOV3_SMALL)
-    model = ViCLIPOTModel.from_towers(folder, plain, image_size=32, projection_dim=16).eval()
+    model = ViCLIPOTModel.from_towers(folder, plain, crop_size=32, projection_dim=16).eval()
     long_caption = " ".join(VIETNAMESE_TEXTS * 8)  # about 800 tokens; 258 positions = 256 tokens + RoBERTa's offset
     inputs = model.processor(text=[long_caption])
     assert inputs["input_ids"].shape[1] == 256
@@ -129,7 +129,7 @@ def test_missing_tokenizer_uncached_tag_and_wrong_weights_are_clear_errors(tmp_p
 
 def test_resaved_model_is_complete_in_a_fresh_process(tower_dirs, sbert_dir, tmp_path):
     folder, _ = tower_dirs["dinov3-resized"]
-    ViCLIPOTModel.from_towers(folder, sbert_dir, image_size=32, projection_dim=16).save_pretrained(tmp_path / "a")
+    ViCLIPOTModel.from_towers(folder, sbert_dir, crop_size=32, projection_dim=16).save_pretrained(tmp_path / "a")
     script = f"""
 import torch
 from PIL import Image
@@ -331,7 +331,7 @@ def test_freeze_image_blocks_on_any_timm_tower(architecture, kwargs, blocks, fro
     from viclip_ot.trainer import freeze
 
     folder, _ = timm_hub_folder(tmp_path / "tower", architecture, kwargs)
-    model = ViCLIPOTModel.from_towers(folder, sbert_dir, image_size=32, projection_dim=16)
+    model = ViCLIPOTModel.from_towers(folder, sbert_dir, crop_size=32, projection_dim=16)
     freeze(model, image_blocks=blocks)
     for name, parameter in model.vision_model.named_parameters():
         assert parameter.requires_grad == (not name.startswith(frozen)), name

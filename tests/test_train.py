@@ -585,7 +585,6 @@ def test_options_from_yaml_and_flags(tmp_path):
         "vision_pooling",
         "vision_head",
         "vision_head_dropout",
-        "image_size",
         "text_projection",
         "projection_dim",
     ):

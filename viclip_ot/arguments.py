@@ -70,7 +70,10 @@ class ModelArguments:
     vision_pooling: str = config_default("vision_pooling")
     vision_head: str = config_default("vision_head")
     vision_head_dropout: float = config_default("vision_head_dropout")
-    image_size: int = config_default("image_size")
+    image_size: int = field(
+        default=224,
+        metadata={"help": "Side of the square crop the processor feeds the image tower (small towers too)."},
+    )
     text_pooling: str | None = field(default=None, metadata={"help": "mean or cls (default: the tower's own)."})
     text_projection: str = field(
         default=config_default("text_projection"), metadata={"help": "auto (only if widths differ), linear or none."}
@@ -92,7 +95,6 @@ class ModelArguments:
             "vision_pooling",
             "vision_head",
             "vision_head_dropout",
-            "image_size",
             "text_projection",
             "projection_dim",
             "logit_scale_init_value",
