@@ -24,7 +24,7 @@ from modeling_viclip_ot import ENCODE_BACKENDS
 from processing_viclip_ot import ViCLIPOTZeroShotImageClassificationPipeline, load_rgb_image
 from viclip_ot.cli import run
 from viclip_ot.loading import load_model
-from viclip_ot.search import METADATA_FILE, UNREADABLE, ImageIndex
+from viclip_ot.search import METADATA_FILE, UNREADABLE, ImageIndex, ModelMismatchError
 
 DEMO_MODEL = Path("outputs/demo/final")
 DEMO_IMAGES = Path("outputs/demo/test-images")
@@ -202,7 +202,7 @@ def demo_index(model_dir: Path = DEMO_MODEL, images: Path = DEMO_IMAGES, index_d
     if (index_dir / METADATA_FILE).is_file():
         try:
             return ImageIndex.load(index_dir, model)
-        except ValueError:  # the demo model was trained again since: index again
+        except ModelMismatchError:  # the demo model was trained again since: index again
             pass
     if not images.is_dir():
         from dataset_scripts import load_corpus

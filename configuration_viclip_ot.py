@@ -52,7 +52,9 @@ def _check_choice(name, value, choices):
 
 
 class ViCLIPOTConfig(PretrainedConfig):
-    r"""Configuration of [`ViCLIPOTModel`]. The defaults are the paper's model.
+    r"""Configuration of [`ViCLIPOTModel`]. The defaults are the paper's model. The size of the images the image
+    tower is fed is the processor's (`crop_size` in `processor_config.json`); a config saved with an `image_size`
+    keeps it as an attribute that nothing reads.
 
     Args:
         vision_model_name (`str`): timm architecture of the image tower (`vit_base_patch16_dinov3`).
@@ -62,7 +64,6 @@ class ViCLIPOTConfig(PretrainedConfig):
             Linear) or `"none"` (the tower's width must equal `projection_dim`).
         vision_head_dropout (`float`): dropout before (linear) or inside (mlp) the image head.
         vision_head_bias (`bool`): whether the image head's last Linear has a bias (the authors' `proj_bias`).
-        image_size (`int`): side of the square crop the processor feeds the image tower.
         text_config (`dict` or `PretrainedConfig`): the full transformers config of the text backbone.
         text_pooling (`str`): `"mean"` (masked mean over non-padding tokens) or `"cls"` (first token).
         text_projection (`str`): `"auto"` (a linear map only when the width differs from `projection_dim`),
@@ -86,7 +87,6 @@ class ViCLIPOTConfig(PretrainedConfig):
         vision_head="linear",
         vision_head_dropout=0.1,
         vision_head_bias=False,
-        image_size=224,
         text_config=None,
         text_pooling="mean",
         text_projection="auto",
@@ -113,7 +113,6 @@ class ViCLIPOTConfig(PretrainedConfig):
         self.vision_head = vision_head
         self.vision_head_dropout = vision_head_dropout
         self.vision_head_bias = vision_head_bias
-        self.image_size = image_size
 
         if text_config is None:
             text_config = dict(VIETNAMESE_SBERT_CONFIG)

@@ -22,7 +22,8 @@ from dataset_scripts.loading import parse_option
 from viclip_ot.cli import run
 from viclip_ot.encoders import load_encoder
 from viclip_ot.evaluation import EvalSet, evaluate_encoder, paper_suite
-from viclip_ot.metrics import format_metrics_table
+from viclip_ot.files import write_text
+from viclip_ot.retrieval import format_metrics_table
 
 
 def parse_args(argv=None):
@@ -161,9 +162,8 @@ def main(argv=None) -> dict:
             ]
         )
         output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
-        output.with_suffix(".md").write_text(report + "\n")
+        write_text(output, json.dumps(results, indent=2, ensure_ascii=False))
+        write_text(output.with_suffix(".md"), report + "\n")
         print(f"\n{report}\n\nwritten to {output} and {output.with_suffix('.md')}")
     return results
 

@@ -143,6 +143,16 @@ def autocast_dtype(backend, device):
     return torch.bfloat16 if native else None
 
 
+def encode_in_batches(embed, items, batch_size, show_progress_bar=None, desc="encoding", dim=0) -> torch.Tensor:
+    """`embed(batch)` of each run of `batch_size` items, concatenated in order; `(0, dim)` for no items. The loop
+    of `ViCLIPOTModel.encode_image` / `encode_text`, and of the baseline encoders of `viclip_ot.encoders`."""
+    chunks = []
+    starts = range(0, len(items), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not show_progress_bar, unit="batch"):
+        chunks.append(embed(items[start : start + batch_size]))
+    return torch.cat(chunks) if chunks else torch.empty(0, dim)
+
+
 def model_fingerprint(model) -> str:
     """SHA-256 of the model's config (without paths and versions) and of every weight (name, dtype, shape, bytes)."""
     ignored = {"_name_or_path", "name_or_path", "auto_map", "custom_pipelines", "transformers_version", "_commit_hash"}
@@ -199,7 +209,7 @@ def export_int8_tower(model, kind, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch")
     if kind == "image":
-        size = model.config.image_size
+        size = model._processor_or_error().image_processor.crop_size  # the side of every image the tower is fed
         tower, inputs = ImageTower(model), {"pixel_values": torch.zeros(2, 3, size, size)}
         dynamic_shapes = {"pixel_values": {0: batch}}
     else:
@@ -291,7 +301,7 @@ class ViCLIPOTOutput(ModelOutput):
 TIMM_HEAD_ARGS = ("num_classes", "global_pool")
 
 
-def build_image_head(kind, in_dim, out_dim, dropout, bias=False):
+def build_vision_head(kind, in_dim, out_dim, dropout, bias=False):
     """`linear`: Dropout -> Linear; `mlp`: Linear -> GELU -> Dropout -> Linear; `none`: identity. `bias` is the
     last Linear's."""
     if kind == "none":
@@ -410,7 +420,7 @@ class ViCLIPOTModel(PreTrainedModel):
         super().__init__(config)
         self.vision_model = create_image_tower(config) if vision_model is None else vision_model
         vision_width = getattr(self.vision_model, "head_hidden_size", None) or self.vision_model.num_features
-        self.vision_head = build_image_head(
+        self.vision_head = build_vision_head(
             config.vision_head, vision_width, config.projection_dim, config.vision_head_dropout, config.vision_head_bias
         )
         self.text_model = create_text_tower(config.text_config) if text_model is None else text_model
@@ -637,21 +647,24 @@ class ViCLIPOTModel(PreTrainedModel):
         was_training = self.training
         self.eval()
         embed = self._batch_encoder(kind, backend)
-        chunks = []
-        starts = range(0, len(items), batch_size)
-        for start in tqdm(starts, desc=f"encoding {kind}s", disable=not show_progress_bar, unit="batch"):
-            batch = items[start : start + batch_size]
-            chunks.append(embed(processor(images=batch) if kind == "image" else processor(text=batch)))
+
+        def embed_items(batch):
+            return embed(processor(images=batch) if kind == "image" else processor(text=batch))
+
+        embeds = encode_in_batches(
+            embed_items, items, batch_size, show_progress_bar, f"encoding {kind}s", self.config.projection_dim
+        )
         self.train(was_training)
-        dim = self.config.projection_dim
-        return torch.cat(chunks) if chunks else torch.empty(0, dim)
+        return embeds
 
     # ----------------------------------------------------------------------------------------------------------
     # Building from pretrained towers, saving
     # ----------------------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_towers(cls, vision_model_name_or_path, text_model_name_or_path, word_segmentation=False, **config_kwargs):
+    def from_towers(
+        cls, vision_model_name_or_path, text_model_name_or_path, crop_size=224, word_segmentation=False, **config_kwargs
+    ):
         """A new model whose towers hold pretrained weights; the heads are freshly initialised.
 
         Args:
@@ -662,13 +675,14 @@ class ViCLIPOTModel(PreTrainedModel):
                 (`.safetensors`, `.pth`, `.bin`) for the architecture given as `vision_model_name=...`.
             text_model_name_or_path: a transformers model name or folder (a sentence-transformers folder too: its
                 pooling mode and maximum sequence length are read).
+            crop_size: side of the square crop the processor feeds the image tower.
             word_segmentation: segment Vietnamese words before tokenising (PhoBERT towers).
             config_kwargs: any other [`ViCLIPOTConfig`] field; `vision_model_kwargs` go to `timm.create_model`.
         """
         processing = _processing_module()
         # The tokenizer first: a tower without one fails before any weights are read.
         processor = processing.ViCLIPOTProcessor.from_text_tower(
-            text_model_name_or_path, crop_size=config_kwargs.get("image_size", 224), word_segmentation=word_segmentation
+            text_model_name_or_path, crop_size=crop_size, word_segmentation=word_segmentation
         )
         settings = processing.read_sentence_transformers_settings(str(text_model_name_or_path))
         if "text_pooling" in settings:

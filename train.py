@@ -14,14 +14,13 @@ from transformers import set_seed
 from dataset_scripts import load_corpus
 from dataset_scripts.teacher_embeddings import TeacherEmbeddings
 from modeling_viclip_ot import ViCLIPOTModel
-from processing_viclip_ot import ViCLIPOTProcessor
 from viclip_ot.arguments import parse_arguments
 from viclip_ot.cli import run
 from viclip_ot.data import ContrastiveCollator, train_transform
 from viclip_ot.loading import load_model
 from viclip_ot.losses import ContrastiveOTLoss
-from viclip_ot.metrics import format_metrics_table
-from viclip_ot.towers import save_small_text_tower, small_config, small_image_tower_kwargs
+from viclip_ot.retrieval import format_metrics_table
+from viclip_ot.small_towers import save_small_text_tower, small_image_tower_kwargs, small_model
 from viclip_ot.trainer import ViCLIPOTTrainer, freeze
 
 
@@ -38,6 +37,7 @@ def build_model(model_args, train_dataset, output_dir):
         return ViCLIPOTModel.from_towers(
             model_args.vision_tower,
             model_args.text_tower,
+            crop_size=model_args.image_size,
             word_segmentation=model_args.word_segmentation,
             **model_args.config_kwargs(),
         )
@@ -50,9 +50,7 @@ def build_model(model_args, train_dataset, output_dir):
         **small_image_tower_kwargs(image_size=model_args.image_size),
         **overrides["vision_model_kwargs"],
     }
-    model = ViCLIPOTModel(small_config(text_folder, **overrides))
-    model.processor = ViCLIPOTProcessor.from_text_tower(text_folder, crop_size=model.config.image_size)
-    return model
+    return small_model(text_folder, image_size=model_args.image_size, **overrides)
 
 
 DIAGNOSTICS = ("plan_row_mass", "matched_cosine", "unmatched_cosine", "sinkhorn_unconverged")

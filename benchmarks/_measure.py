@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from dataset_scripts._common import atomic_write
+from viclip_ot.files import write_text
 
 # ---- time ----------------------------------------------------------------------------------------------------
 
@@ -143,8 +143,7 @@ def run_worker(script, arguments):
 
 def write_results(path, text):
     """Write a results file atomically (never left half-written) and say so."""
-    with atomic_write(path) as temporary:
-        temporary.write_text(text)
+    write_text(path, text)
     print(f"wrote {path}")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from _measure import environment
 
-from modeling_viclip_ot import ViCLIPOTModel
+from viclip_ot.loading import load_model
 
 
 def logged_losses(log_text):
@@ -37,7 +37,7 @@ def main():
     parser.add_argument("--settings", default="", help="how the run was made, for the report")
     args = parser.parse_args()
     losses = logged_losses(args.log.read_text())
-    model = ViCLIPOTModel.from_pretrained(args.model)
+    model = load_model(args.model)
     vision_attention = {
         type(block.attn).__name__: getattr(block.attn, "fused_attn", None) for block in model.vision_model.blocks
     }

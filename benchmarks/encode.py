@@ -197,9 +197,10 @@ def compare_backends(args):
 def demo_comparison(folder):
     """Per backend: the demo test split's avg R@K, its change from fp32, the top-10 text-to-image overlap with fp32."""
     from dataset_scripts import load_corpus
-    from viclip_ot.metrics import retrieval_metrics
+    from viclip_ot.loading import load_model
+    from viclip_ot.retrieval import retrieval_metrics
 
-    model = ViCLIPOTModel.from_pretrained(folder).eval()
+    model = load_model(folder)
     split = load_corpus("demo", split="test")
     captions = [caption for row in split for caption in row["captions"]]
     index = torch.tensor([i for i, row in enumerate(split) for _ in row["captions"]])

@@ -34,8 +34,8 @@ from _measure import (
     spread,
 )
 
-from dataset_scripts._common import atomic_write
-from viclip_ot.metrics import CHUNK_SIZE, retrieval_metrics
+from viclip_ot.files import write_text
+from viclip_ot.retrieval import CHUNK_SIZE, retrieval_metrics
 
 
 def gallery(args):
@@ -190,8 +190,7 @@ def main():
     )
     print("\n" + table)
     if not args.smoke or args.output != parser.get_default("output"):
-        with atomic_write(args.output) as temporary:
-            temporary.write_text(table + "\n")
+        write_text(args.output, table + "\n")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ from _measure import environment, load_average, markdown_table, median, random_c
 from transformers import AutoConfig, AutoModel
 
 from configuration_viclip_ot import VIETNAMESE_SBERT_CONFIG
-from dataset_scripts._common import atomic_write
 from viclip_ot.data import gradcache_chunks, trim_padding
+from viclip_ot.files import write_text
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -190,8 +190,7 @@ def main():
     )
     print("\n" + table)
     if not args.smoke or args.output != parser.get_default("output"):
-        with atomic_write(args.output) as temporary:
-            temporary.write_text(table + "\n")
+        write_text(args.output, table + "\n")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from _measure import write_results  # noqa: E402
 from conftest import VIETNAMESE_TEXTS  # noqa: E402
 
-from modeling_viclip_ot import ViCLIPOTModel  # noqa: E402
-from processing_viclip_ot import ViCLIPOTProcessor, load_rgb_image  # noqa: E402
-from viclip_ot.towers import save_small_text_tower, small_config  # noqa: E402
+from processing_viclip_ot import load_rgb_image  # noqa: E402
+from viclip_ot.small_towers import save_small_text_tower, small_model  # noqa: E402
 
 torch.set_num_threads(2)
 SAMPLES = {"astronaut": data.astronaut, "chelsea": data.chelsea, "coffee": data.coffee, "rocket": data.rocket}
@@ -58,8 +57,7 @@ def main():
     tower = save_small_text_tower(folder / "text", VIETNAMESE_TEXTS, model_type="roberta")
     torch.manual_seed(0)
     # The paper's input size (224 crop, resize 256) on a small tower: decoding dominates.
-    model = ViCLIPOTModel(small_config(tower, image_size=224)).eval()
-    model.processor = ViCLIPOTProcessor.from_text_tower(tower, crop_size=224)
+    model = small_model(tower, image_size=224).eval()
     image_processor = model.processor.image_processor
     rows = [
         "| photo (6000x4000 JPEG, q95) | full decode + resize (s) | draft decode + resize (s) | speed-up | "

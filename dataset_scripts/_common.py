@@ -6,18 +6,16 @@ built**: a file that is already a complete upright RGB JPEG or PNG is stored byt
 (an EXIF orientation, palette, transparency, grayscale, 16-bit, CMYK, a truncated JPEG, other formats such as
 HEIC) is converted by `processing_viclip_ot.to_rgb`, the converter inference uses (turned upright, transparent
 pixels white), and stored as lossless PNG. The `image` column therefore always
-decodes to an RGB `PIL.Image` and the built corpus no longer needs the source folder.
+decodes to an RGB `PIL.Image` and the built corpus does not need the source folder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import typing
-import uuid
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -172,22 +170,6 @@ def _decode(raw: bytes, allow_truncated: bool) -> Image.Image:
         return image
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-@contextlib.contextmanager
-def atomic_write(path):
-    """Yield a temporary path beside `path` to write to; on success it replaces `path`, on failure it is
-    removed, so that readers never see a half-written file. The caller creates the file, so it gets the mode the
-    user's umask gives."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -30,7 +30,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from ._common import CorpusError, atomic_write
+from viclip_ot.files import atomic_write
+
+from ._common import CorpusError
 from .loading import CORPORA, canonical_split, load_corpus, parse_option
 from .report import FORMAT, ids_fingerprint, write_report
 

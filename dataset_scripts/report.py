@@ -11,7 +11,9 @@ import json
 
 import datasets
 
-from ._common import CorpusError, atomic_write
+from viclip_ot.files import write_text
+
+from ._common import CorpusError
 
 FORMAT = "viclip-ot-dedupe-report/1"
 
@@ -23,8 +25,7 @@ def ids_fingerprint(image_ids) -> str:
 
 def write_report(report: dict, path) -> None:
     """Write `report` as JSON atomically (temporary file + rename): never a half-written file."""
-    with atomic_write(path) as temporary:
-        temporary.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_text(path, json.dumps(report, ensure_ascii=False, indent=1))
 
 
 def read_report(path) -> dict:

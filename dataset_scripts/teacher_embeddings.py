@@ -27,8 +27,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from processing_viclip_ot import normalize_vietnamese
-
-from ._common import atomic_write
+from viclip_ot.files import atomic_write
 
 QWEN3_VL_INSTRUCTION = "Retrieve images or text relevant to the user's query."
 

@@ -9,9 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_viclip_ot import ViCLIPOTModel
-from processing_viclip_ot import ViCLIPOTProcessor
-from viclip_ot.towers import save_small_text_tower, small_config
+from viclip_ot.small_towers import save_small_text_tower, small_model
 
 torch.set_num_threads(2)
 
@@ -48,9 +46,7 @@ def make_model(roberta_tower_dir):
     def make(text_folder=None, seed=0, **config_overrides):
         text_folder = text_folder or roberta_tower_dir
         torch.manual_seed(seed)
-        model = ViCLIPOTModel(small_config(text_folder, **config_overrides)).eval()
-        model.processor = ViCLIPOTProcessor.from_text_tower(text_folder, crop_size=model.config.image_size)
-        return model
+        return small_model(text_folder, **config_overrides).eval()
 
     return make
 

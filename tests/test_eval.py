@@ -41,9 +41,9 @@ from viclip_ot.encoders import (
     load_encoder,
 )
 from viclip_ot.evaluation import paper_suite
-from viclip_ot.metrics import format_metrics_table, retrieval_metrics
 from viclip_ot.plots import project_2d
-from viclip_ot.towers import train_tokenizer
+from viclip_ot.retrieval import format_metrics_table, retrieval_metrics
+from viclip_ot.small_towers import train_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::dataset_scripts.CorpusWarning")
 

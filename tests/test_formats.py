@@ -17,7 +17,8 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoProcessor, AutoTokenizer
 
 from modeling_viclip_ot import ViCLIPOTModel
-from viclip_ot.convert import load_authors_model
+from viclip_ot.cli import run
+from viclip_ot.convert import AuthorsFormatError, load_authors_model
 from viclip_ot.convert import main as convert_main
 
 CAPTIONS = VIETNAMESE_TEXTS[:4]
@@ -58,7 +59,7 @@ def test_from_towers_reads_timm_folders_with_their_model_args(tower, tower_dirs,
     model = ViCLIPOTModel.from_towers(
         folder,
         sbert_dir,
-        image_size=32,
+        crop_size=32,
         projection_dim=32,
         vision_head="none" if reference.num_features == 32 else "linear",
     ).eval()
@@ -93,7 +94,7 @@ def test_from_towers_accepts_the_local_dir_and_weights_file_sources(tower_dirs, 
             {"vision_model_name": "vit_small_patch16_dinov3", "vision_model_kwargs": DINOV3_SMALL},
         ),
     ):
-        model = ViCLIPOTModel.from_towers(source, sbert_dir, image_size=32, projection_dim=16, **extra)
+        model = ViCLIPOTModel.from_towers(source, sbert_dir, crop_size=32, projection_dim=16, **extra)
         for key, value in reference.state_dict().items():
             torch.testing.assert_close(model.vision_model.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
@@ -104,7 +105,7 @@ def test_long_captions_are_truncated_at_the_towers_positions(tmp_path):
     plain = vietnamese_sbert(tmp_path / "phobert", words, sentence_transformers_files=False, model_max_length=None)
     assert AutoTokenizer.from_pretrained(plain).model_max_length > 1e6  # the tokenizer gives no limit
     folder, _ = timm_hub_folder(tmp_path / "dino", "vit_small_patch16_dinov3", DINOV3_SMALL)
-    model = ViCLIPOTModel.from_towers(folder, plain, image_size=32, projection_dim=16).eval()
+    model = ViCLIPOTModel.from_towers(folder, plain, crop_size=32, projection_dim=16).eval()
     long_caption = " ".join(VIETNAMESE_TEXTS * 8)  # about 800 tokens; 258 positions = 256 tokens + RoBERTa's offset
     inputs = model.processor(text=[long_caption])
     assert inputs["input_ids"].shape[1] == 256
@@ -129,7 +130,7 @@ def test_missing_tokenizer_uncached_tag_and_wrong_weights_are_clear_errors(tmp_p
 @pytest.mark.slow
 def test_resaved_model_is_complete_in_a_fresh_process(tower_dirs, sbert_dir, tmp_path):
     folder, _ = tower_dirs["dinov3-resized"]
-    ViCLIPOTModel.from_towers(folder, sbert_dir, image_size=32, projection_dim=16).save_pretrained(tmp_path / "a")
+    ViCLIPOTModel.from_towers(folder, sbert_dir, crop_size=32, projection_dim=16).save_pretrained(tmp_path / "a")
     script = f"""
 import torch
 from PIL import Image
@@ -233,7 +234,7 @@ def test_authors_release_converts_to_equal_embeddings(
     checkpoint = authors_checkpoint(tmp_path / "viclip_ot_best.pth", state_dict)
     sources = [release, checkpoint]
     for source in sources:
-        extra = {} if source == release else {"text_tower": str(sbert_dir), "vision_model": str(vision_dir)}
+        extra = {} if source == release else {"text_tower": str(sbert_dir), "image_tower": str(vision_dir)}
         model = load_authors_model(source, **extra)
         with torch.no_grad():
             got_images = F.normalize(model.get_image_features(pixels).pooler_output, dim=-1)
@@ -273,9 +274,9 @@ def test_authors_release_converts_to_equal_embeddings(
 def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs, sbert_dir, tmp_path):
     vision_dir = tower_dirs["dinov3-resized"][0]
     _, state_dict = authors_release(tmp_path / "release", sbert_dir, vision_dir)
-    towers = {"text_tower": str(sbert_dir), "vision_model": str(vision_dir)}
+    towers = {"text_tower": str(sbert_dir), "image_tower": str(vision_dir)}
     extra = authors_checkpoint(tmp_path / "extra.pth", {**state_dict, "vision_model.extra.weight": torch.zeros(1)})
-    with pytest.raises(KeyError, match="image_encoder.extra.weight|vision_model.extra.weight"):
+    with pytest.raises(AuthorsFormatError, match="image_encoder.extra.weight|vision_model.extra.weight"):
         load_authors_model(extra, **towers)
     command = [
         sys.executable,
@@ -285,7 +286,7 @@ def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs
         str(tmp_path / "out"),
         "--text-tower",
         str(sbert_dir),
-        "--vision-model",
+        "--image-tower",
         str(vision_dir),
     ]
     result = subprocess.run(
@@ -296,8 +297,22 @@ def test_authors_weights_of_no_known_part_or_missing_are_clear_errors(tower_dirs
     assert not (tmp_path / "out").exists()
     del state_dict["vision_model.trunk.cls_token"]
     missing = authors_checkpoint(tmp_path / "missing.pth", state_dict)
-    with pytest.raises(KeyError, match="1 missing weights.*vision_model.cls_token"):
+    with pytest.raises(AuthorsFormatError, match="1 missing weights.*vision_model.cls_token"):
         load_authors_model(missing, **towers)
+
+
+def test_a_checkpoint_without_model_state_dict_is_a_user_error(tmp_path, capsys):
+    checkpoint = tmp_path / "other.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, checkpoint)
+    with pytest.raises(AuthorsFormatError, match="has no 'model_state_dict'") as raised:
+        load_authors_model(checkpoint)
+    assert isinstance(raised.value, ValueError)  # the user errors every command reports in one line
+    with pytest.raises(SystemExit) as exited:
+        run(convert_main, [str(checkpoint), str(tmp_path / "out")], prog="convert")
+    assert exited.value.code == 2
+    expected = f"{checkpoint} is no authors' training checkpoint: it has no 'model_state_dict'"
+    assert capsys.readouterr().err == f"convert: error: {expected}\n"
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- training options on any tower
@@ -319,7 +334,7 @@ def test_freeze_image_blocks_on_any_timm_tower(architecture, kwargs, blocks, fro
     from viclip_ot.trainer import freeze
 
     folder, _ = timm_hub_folder(tmp_path / "tower", architecture, kwargs)
-    model = ViCLIPOTModel.from_towers(folder, sbert_dir, image_size=32, projection_dim=16)
+    model = ViCLIPOTModel.from_towers(folder, sbert_dir, crop_size=32, projection_dim=16)
     freeze(model, image_blocks=blocks)
     for name, parameter in model.vision_model.named_parameters():
         assert parameter.requires_grad == (not name.startswith(frozen)), name

@@ -1,4 +1,4 @@
-"""Tests of viclip_ot.metrics and the `evaluate` module metrics/retrieval_recall."""
+"""Tests of viclip_ot.retrieval and the `evaluate` module metrics/retrieval_recall."""
 
 import json
 import math
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from viclip_ot import metrics
-from viclip_ot.metrics import retrieval_metrics
+from viclip_ot import retrieval
+from viclip_ot.retrieval import retrieval_metrics
 
 METRIC_DIR = Path(__file__).resolve().parents[1] / "metrics" / "retrieval_recall"
 KS = (1, 2, 5, 10)
@@ -95,7 +95,7 @@ def test_chunked_equals_unchunked(seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_one_pass_ranks_match_brute_force(seed, monkeypatch):
     """The ranks themselves, with small blocks so that one image's captions span several blocks and chunks."""
-    monkeypatch.setattr(metrics, "BLOCK_SIZE", 5)
+    monkeypatch.setattr(retrieval, "BLOCK_SIZE", 5)
     x, y, idx = random_gallery(seed, n_images=37)
     scores = x.double() @ y.double().T
     correct = torch.as_tensor(idx)[None, :] == torch.arange(len(x))[:, None]
@@ -103,7 +103,7 @@ def test_one_pass_ranks_match_brute_force(seed, monkeypatch):
     i2t = 1 + ((scores >= best) & ~correct).sum(1)
     positive = scores.gather(0, torch.as_tensor(idx)[None, :])
     t2i = (scores >= positive).sum(0)
-    ranks = metrics.retrieval_ranks(x, y, idx, chunk_size=11)
+    ranks = retrieval.retrieval_ranks(x, y, idx, chunk_size=11)
     assert torch.equal(ranks.image_to_text, i2t) and torch.equal(ranks.text_to_image, t2i)
 
 
@@ -112,7 +112,7 @@ def test_best_scores_that_disagree_with_the_pass_are_reranked(monkeypatch):
     differently shaped product) is ranked again from its row: same metrics as with exact block values."""
     x, y, idx = random_gallery(3, n_images=29)
     expected = retrieval_metrics(x, y, idx, KS, chunk_size=13)
-    exact = metrics._best_caption_scores
+    exact = retrieval._best_caption_scores
     off = torch.arange(len(x)) % 2 == 0
     nudged = []
 
@@ -123,7 +123,7 @@ def test_best_scores_that_disagree_with_the_pass_are_reranked(monkeypatch):
         nudged.append(True)
         return torch.where(off, shifted, best)
 
-    monkeypatch.setattr(metrics, "_best_caption_scores", rounded_differently)
+    monkeypatch.setattr(retrieval, "_best_caption_scores", rounded_differently)
     assert retrieval_metrics(x, y, idx, KS, chunk_size=13) == expected
     assert nudged
 
@@ -203,7 +203,7 @@ def test_evaluate_module_loads_without_the_repository(tmp_path):
     imported, and scores as `retrieval_metrics` does."""
     pytest.importorskip("evaluate")
     folder = tmp_path / "retrieval_recall"
-    shutil.copytree(METRIC_DIR, folder)  # follows the link to viclip_ot/metrics.py
+    shutil.copytree(METRIC_DIR, folder)  # follows the link to viclip_ot/retrieval.py
     x, y, idx = random_gallery(4)
     np.savez(tmp_path / "gallery.npz", x=x.numpy(), y=y.numpy(), idx=idx)
     script = f"""

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,9 +17,10 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from modeling_viclip_ot import ViCLIPOTModel
+from modeling_viclip_ot import ViCLIPOTModel, model_fingerprint
 from processing_viclip_ot import ViCLIPOTProcessor
-from viclip_ot.towers import small_config, small_image_tower_kwargs
+from viclip_ot.loading import load_model
+from viclip_ot.small_towers import small_config, small_image_tower_kwargs
 
 CAPTIONS = ["hai hình tròn màu đỏ ở bên trái", "một con mèo đang nằm trên ghế sofa", "tách cà phê đặt trên bàn gỗ"]
 
@@ -72,6 +74,25 @@ def test_rope_buffers_survive_from_pretrained(make_model, tmp_path):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0, msg=name)
 
 
+def test_a_config_json_carrying_image_size_loads_unchanged(make_model, photos, tmp_path):
+    """`image_size` is no config field (the crop is the processor's): a config.json that carries one loads with the
+    same embeddings, keeps the field when saved again, and so keeps the fingerprint an index of it records."""
+    make_model().save_pretrained(tmp_path / "plain")
+    shutil.copytree(tmp_path / "plain", tmp_path / "carrying")
+    config_file = tmp_path / "carrying" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "image_size": 32}))
+    plain, carrying = load_model(tmp_path / "plain"), load_model(tmp_path / "carrying")
+    assert carrying.config.image_size == 32 and not hasattr(plain.config, "image_size")
+    assert carrying.processor.image_processor.crop_size == plain.processor.image_processor.crop_size == 32
+    torch.testing.assert_close(carrying.encode_image(photos), plain.encode_image(photos), rtol=0, atol=0)
+    texts = ["một con mèo", "hai hình tròn màu đỏ"]
+    torch.testing.assert_close(carrying.encode_text(texts), plain.encode_text(texts), rtol=0, atol=0)
+    carrying.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["image_size"] == 32
+    assert model_fingerprint(load_model(tmp_path / "again")) == model_fingerprint(carrying)
+    assert model_fingerprint(carrying) != model_fingerprint(plain)  # the config is part of the fingerprint
+
+
 def test_image_pooling_is_mean_of_patch_tokens(make_model, photos):
     model = make_model(vision_head="none", projection_dim=32)
     pixel_values = model.processor(images=photos)["pixel_values"]
@@ -121,7 +142,7 @@ def test_from_towers_with_real_sentence_transformer(minilm_dir, vision_weights_f
         minilm_dir,
         vision_model_name="vit_small_patch16_dinov3",
         vision_model_kwargs=small_image_tower_kwargs(),
-        image_size=32,
+        crop_size=32,
         projection_dim=384,
     ).eval()
     for key, value in tower.state_dict().items():
@@ -140,7 +161,7 @@ def test_from_towers_with_timm_hub_folder(text_tower_dir, vision_weights_file):
         json.dumps({"architecture": "vit_small_patch16_dinov3", "num_classes": 0, "pretrained_cfg": {}})
     )
     model = ViCLIPOTModel.from_towers(
-        folder, text_tower_dir, vision_model_kwargs=small_image_tower_kwargs(), image_size=32, projection_dim=16
+        folder, text_tower_dir, vision_model_kwargs=small_image_tower_kwargs(), crop_size=32, projection_dim=16
     )
     assert model.config.vision_model_name == "vit_small_patch16_dinov3"
     for key, value in tower.state_dict().items():
@@ -334,7 +355,7 @@ def test_alternative_towers_convnext_and_cls_bert(text_tower_dir, tmp_path, phot
         vision_head="mlp",
     )
     model = ViCLIPOTModel(config).eval()
-    model.processor = ViCLIPOTProcessor.from_text_tower(text_tower_dir, crop_size=config.image_size)
+    model.processor = ViCLIPOTProcessor.from_text_tower(text_tower_dir, crop_size=32)
     embeddings = model.encode_image(photos)
     assert embeddings.shape == (len(photos), 16)
     model.save_pretrained(tmp_path)

@@ -15,9 +15,9 @@ import eval as eval_cli
 from dataset_scripts import load_corpus
 from viclip_ot import mteb as viclip_mteb
 from viclip_ot.evaluation import encode_corpus
-from viclip_ot.metrics import retrieval_metrics
 from viclip_ot.model_card import write_model_card
-from viclip_ot.towers import save_small_text_tower
+from viclip_ot.retrieval import retrieval_metrics
+from viclip_ot.small_towers import save_small_text_tower
 
 DEMO = {"train_size": 0, "validation_size": 0, "test_size": 12, "image_size": 32}  # 12 images, 60 captions
 KS = (1, 5, 10)

@@ -55,7 +55,7 @@ def test_exif_turned_photo_equals_upright_through_every_path(demo_model_dir, dem
     classifier = pipeline("zero-shot-image-classification", model=str(demo_model_dir), trust_remote_code=True)
     labels = ["hình tròn", "hình vuông"]
     assert classifier(str(path), candidate_labels=labels) == classifier(upright, candidate_labels=labels)
-    # The corpus builders store the upright pixels (as PNG: no longer byte for byte).
+    # The corpus builders store the upright pixels (as PNG, not the original bytes).
     data, truncated = rgb_image_bytes(path)
     assert not truncated and np.array_equal(np.asarray(Image.open(io.BytesIO(data))), expected_pixels)
     # The search index: the turned file is found by its upright image.

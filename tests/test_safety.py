@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from search_fixtures import REPO, save_demo_model, write_demo_images
 from transformers.utils import is_torch_bf16_gpu_available
 
-from dataset_scripts._common import atomic_write
 from viclip_ot.arguments import parse_arguments
 from viclip_ot.cli import run
+from viclip_ot.files import atomic_write
 from viclip_ot.loading import load_model
 from viclip_ot.search import ImageIndex
 

@@ -14,7 +14,7 @@ import torch
 from search_fixtures import REPO, save_demo_model, write_demo_images
 from transformers import AutoModel
 
-from viclip_ot.search import ImageIndex, model_fingerprint
+from viclip_ot.search import ImageIndex, ModelMismatchError, model_fingerprint
 
 QUERIES = ["hai hình tròn màu đỏ ở bên trái, nền trắng", "một hình vuông màu xanh lá ở giữa", "ba tam giác vàng"]
 
@@ -108,7 +108,7 @@ def test_wrong_model_and_empty_folder(demo_model, demo_model_dir, images, tmp_pa
     assert model_fingerprint(AutoModel.from_pretrained(demo_model_dir, trust_remote_code=True)) == model_fingerprint(
         demo_model
     )
-    with pytest.raises(ValueError, match="built with another model"):
+    with pytest.raises(ModelMismatchError, match="built with another model"):
         ImageIndex.load(tmp_path / "index", other_model)
 
     (tmp_path / "empty" / "nested").mkdir(parents=True)

@@ -81,15 +81,13 @@ def variants(caption):
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     """A PhoBERT-replica model (its BPE learned on the captions as written here) saved with its processor."""
-    from modeling_viclip_ot import ViCLIPOTModel
-    from viclip_ot.towers import small_config
+    from viclip_ot.small_towers import small_model
 
     folder = tmp_path_factory.mktemp("normalisation")
     words = CAPTIONS + [normalize_vietnamese(caption, "òa") for caption in CAPTIONS]
     tower = vietnamese_sbert(folder / "phobert", words * 3)
     torch.manual_seed(0)
-    model = ViCLIPOTModel(small_config(tower)).eval()
-    model.processor = ViCLIPOTProcessor.from_text_tower(tower, crop_size=model.config.image_size)
+    model = small_model(tower).eval()
     model.save_pretrained(folder / "model")
     return folder / "model"
 

@@ -545,8 +545,8 @@ def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypat
 
     import reproduce
     import train
+    from viclip_ot.small_towers import save_small_text_tower
     from viclip_ot.study.design import PAPER_AVG_R, PAPER_CONFIGS
-    from viclip_ot.towers import save_small_text_tower
 
     root = tmp_path / "data"
     write_uit(root / "uit-openviic", truncate=None)
@@ -617,7 +617,7 @@ def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypat
 
 def test_options_from_yaml_and_flags(tmp_path):
     """Dict options come as YAML mappings or JSON flags; model options are the config's fields with its defaults;
-    renamed and unknown options are one clear error."""
+    unknown options are one clear error."""
     from configuration_viclip_ot import ViCLIPOTConfig
     from viclip_ot.arguments import parse_arguments
 
@@ -637,11 +637,6 @@ def test_options_from_yaml_and_flags(tmp_path):
     model, data, _, _ = parse_arguments([str(config), "--corpus_options", '{"language": "en"}'])
     assert data.corpus_options == {"language": "en"} and parse_arguments([])[0].vision_model_kwargs == {}
 
-    with pytest.raises(ValueError, match="logit_scale_init is now logit_scale_init_value"):
-        parse_arguments(["--logit_scale_init", "2.3"])
-    config.write_text("logit_bias_init: -10\n")
-    with pytest.raises(ValueError, match="logit_bias_init is now logit_bias_init_value"):
-        parse_arguments([str(config)])
     config.write_text("no_such_option: 1\n")
     with pytest.raises(ValueError, match=r"unknown options \['no_such_option'\]"):
         parse_arguments([str(config)])

@@ -7,12 +7,11 @@ import torch.nn.functional as F
 
 from dataset_scripts import load_corpus
 from dataset_scripts.teacher_embeddings import TeacherEmbeddings, corpus_fingerprint
-from modeling_viclip_ot import ViCLIPOTModel
-from processing_viclip_ot import ViCLIPOTProcessor
+from viclip_ot import small_towers
 from viclip_ot.arguments import ViCLIPOTTrainingArguments
 from viclip_ot.data import ContrastiveCollator
 from viclip_ot.losses import ContrastiveOTLoss, LossSettings
-from viclip_ot.towers import save_small_text_tower, small_config
+from viclip_ot.small_towers import save_small_text_tower
 from viclip_ot.trainer import ViCLIPOTTrainer
 
 
@@ -41,9 +40,7 @@ def small_model(folder, captions, dropout=0.0, seed=0):
     if not text_folder.exists():
         save_small_text_tower(text_folder, captions, dropout=dropout)
     torch.manual_seed(seed)
-    model = ViCLIPOTModel(small_config(text_folder, vision_head_dropout=dropout))
-    model.processor = ViCLIPOTProcessor.from_text_tower(text_folder, crop_size=model.config.image_size)
-    return model
+    return small_towers.small_model(text_folder, vision_head_dropout=dropout)
 
 
 def make_trainer(model, output_dir, train_dataset=None, teacher=None, loss_type="clip_sigrot", **training_args):

@@ -70,7 +70,10 @@ class ModelArguments:
     vision_pooling: str = config_default("vision_pooling")
     vision_head: str = config_default("vision_head")
     vision_head_dropout: float = config_default("vision_head_dropout")
-    image_size: int = config_default("image_size")
+    image_size: int = field(
+        default=224,
+        metadata={"help": "Side of the square crop the processor feeds the image tower (small towers too)."},
+    )
     text_pooling: str | None = field(default=None, metadata={"help": "mean or cls (default: the tower's own)."})
     text_projection: str = field(
         default=config_default("text_projection"), metadata={"help": "auto (only if widths differ), linear or none."}
@@ -146,7 +149,6 @@ class ViCLIPOTTrainingArguments(TrainingArguments):
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, LossSettings, ViCLIPOTTrainingArguments)
-RENAMED_OPTIONS = {"logit_scale_init": "logit_scale_init_value", "logit_bias_init": "logit_bias_init_value"}
 
 
 def read_config(path, _chain=()):
@@ -173,17 +175,13 @@ def read_config(path, _chain=()):
 
 def parse_arguments(argv):
     """`argv` = [config.yaml] [--field value ...]: the YAML's values, overridden by the flags."""
-    renamed = [(f"--{old}", new) for old, new in RENAMED_OPTIONS.items() if f"--{old}" in argv]
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     if argv and argv[0].endswith((".yaml", ".yml")):
         values = read_config(argv[0])
-        renamed += [(old, new) for old, new in RENAMED_OPTIONS.items() if old in values]
         known = {field.name for arguments in ARGUMENT_CLASSES for field in dataclasses.fields(arguments)}
-        unknown = sorted(set(values) - known - set(RENAMED_OPTIONS))
+        unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{argv[0]}: unknown options {unknown}")
         parser.set_defaults(**values)  # dict options stay dicts: argparse converts only string defaults
         argv = argv[1:]
-    if renamed:
-        raise ValueError("renamed options: " + ", ".join(f"{old} is now {new}" for old, new in renamed))
     return parser.parse_args_into_dataclasses(args=argv)

@@ -1,6 +1,6 @@
 """Bootstrap intervals of the retrieval metrics: resample the images with replacement, each with all its captions.
 
-Every query's rank is computed once against the whole gallery (with `viclip_ot.metrics`' ranking: ties count
+Every query's rank is computed once against the whole gallery (with `viclip_ot.retrieval`' ranking: ties count
 against the query); a resample reweights the queries. Image i drawn w_i times counts w_i times as an image->text
 query and brings its captions w_i times as text->image queries, so every metric of a resample is a weighted sum of
 per-image statistics and a thousand resamples take one matrix product.
@@ -9,7 +9,7 @@ per-image statistics and a thousand resamples take one matrix product.
 import numpy as np
 import torch
 
-from .metrics import check_embeddings, retrieval_ranks
+from .retrieval import check_embeddings, retrieval_ranks
 
 
 def per_image_statistics(image_embeds, text_embeds, caption_image_index, ks=(1, 5, 10)) -> dict[str, np.ndarray]:

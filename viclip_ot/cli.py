@@ -9,8 +9,6 @@ USER_ERRORS = (OSError, ValueError)
 
 def fail(message, prog=None):
     """Print `PROG: error: MESSAGE` (on one line) to stderr and exit with status 2."""
-    if isinstance(message, KeyError) and message.args:  # str(KeyError) quotes its message
-        message = message.args[0]
     print(f"{prog or Path(sys.argv[0]).name}: error: {' '.join(str(message).split())}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -6,7 +6,7 @@
 SOURCE is one of the authors' released models (a Hub id or a folder with their `config.json` and
 `model.safetensors`) or a training checkpoint of their code (`.pth` with `model_state_dict`). The text tower's
 architecture and tokenizer come from the tower their config names, or from `--text-tower`; the image tower's from
-their config, or from `--vision-model` for a `.pth`. Heads, biases and the projection size are read from the weights.
+their config, or from `--image-tower` for a `.pth`. Heads, biases and the projection size are read from the weights.
 """
 
 import argparse
@@ -27,9 +27,15 @@ from configuration_viclip_ot import ViCLIPOTConfig
 from modeling_viclip_ot import TIMM_HEAD_ARGS, ViCLIPOTModel
 from processing_viclip_ot import ViCLIPOTProcessor
 
-from .cli import USER_ERRORS, run
+from .cli import run
 
 PROG = "python -m viclip_ot.convert"
+
+
+class AuthorsFormatError(ValueError):
+    """Weights or a checkpoint that do not hold the authors' model in their format."""
+
+
 # A training checkpoint names the towers `image_encoder` / `text_encoder`, a release `vision_model` / `text_model`.
 CHECKPOINT_PREFIXES = {"image_encoder.": "vision_model.", "text_encoder.": "text_model."}
 # The release's key prefixes and ours, first match wins.
@@ -63,7 +69,7 @@ def rename_authors_state_dict(state_dict):
         else:
             renamed[KEY_PREFIXES[prefix] + key.removeprefix(prefix)] = value
     if unknown:
-        raise KeyError(f"{len(unknown)} weights belong to no known part, e.g. {unknown[:5]}")
+        raise AuthorsFormatError(f"{len(unknown)} weights belong to no known part, e.g. {unknown[:5]}")
     return renamed
 
 
@@ -120,7 +126,7 @@ def read_release(source):
             raise FileNotFoundError(f"{source} is no release of the authors: {path.name} is missing")
     config = json.loads(config_file.read_text(encoding="utf-8"))
     if "vision_config" not in config or "text_config" not in config:
-        raise ValueError(f"{config_file} is not the authors' config (no vision_config / text_config)")
+        raise AuthorsFormatError(f"{config_file} is not the authors' config (no vision_config / text_config)")
     return config, load_file(weights)
 
 
@@ -131,33 +137,33 @@ def read_checkpoint(path):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         message = str(error).split("\n")[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} is refused: it is no plain PyTorch checkpoint of tensors ({message})") from None
+        raise AuthorsFormatError(f"{path} is refused: it is no plain checkpoint of tensors ({message})") from None
     except (RuntimeError, EOFError) as error:  # not a zip or a pickle, truncated
-        raise ValueError(f"{path} is no PyTorch checkpoint: {error}") from None
+        raise AuthorsFormatError(f"{path} is no PyTorch checkpoint: {error}") from None
     if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
-        raise KeyError(f"{path} is no authors' training checkpoint: it has no 'model_state_dict'")
+        raise AuthorsFormatError(f"{path} is no authors' training checkpoint: it has no 'model_state_dict'")
     return checkpoint["model_state_dict"]
 
 
-def load_authors_model(source, text_tower=None, vision_model=None):
+def load_authors_model(source, text_tower=None, image_tower=None):
     """A [`ViCLIPOTModel`] with its processor holding the weights of an authors' release or `.pth`."""
     source = str(source)
     config_kwargs = {}
     if source.endswith((".pth", ".pt")):
         state_dict = read_checkpoint(source)
         text_tower = text_tower or "keepitreal/vietnamese-sbert"
-        vision_model = vision_model or "vit_base_patch16_dinov3"
+        image_tower = image_tower or "vit_base_patch16_dinov3"
     else:
         release, state_dict = read_release(source)
         text_tower = text_tower or release["text_config"]["model_name"]
         vision = release["vision_config"]
-        vision_model = vision_model or vision["model_name"]
+        image_tower = image_tower or vision["model_name"]
         config_kwargs = {
             "vision_pooling": vision.get("pool", "avg"),
             "vision_head_dropout": vision.get("proj_dropout_rate", 0.0),
         }
     state_dict = rename_authors_state_dict(state_dict)
-    architecture, model_args = image_tower_settings(vision_model)
+    architecture, model_args = image_tower_settings(image_tower)
     processor = ViCLIPOTProcessor.from_text_tower(text_tower)
     config = ViCLIPOTConfig(
         vision_model_name=architecture,
@@ -170,7 +176,7 @@ def load_authors_model(source, text_tower=None, vision_model=None):
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
     if missing or unexpected:
-        raise KeyError(
+        raise AuthorsFormatError(
             f"{source} does not fit the model: {len(missing)} missing weights {missing[:5]}, "
             f"{len(unexpected)} unexpected weights {unexpected[:5]}"
         )
@@ -194,11 +200,11 @@ def check_output_dir(source, output_dir, overwrite=False) -> Path:
     return output
 
 
-def convert(source, output_dir, text_tower=None, vision_model=None, overwrite=False):
+def convert(source, output_dir, text_tower=None, image_tower=None, overwrite=False):
     """Write a loadable folder (weights, config, code, processor, sentence-transformers files). The folder is written
     beside `output_dir` first and then replaces it, so a failed conversion leaves `output_dir` as it was."""
     output = check_output_dir(source, output_dir, overwrite)
-    model = load_authors_model(source, text_tower, vision_model)
+    model = load_authors_model(source, text_tower, image_tower)
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary, previous = (output.with_name(f".{output.name}.{kind}-{uuid.uuid4().hex[:8]}") for kind in ("tmp", "old"))
     try:
@@ -223,14 +229,14 @@ def main(argv=None):
         help="Hub id or folder (default: the one the release names; keepitreal/vietnamese-sbert for a .pth)",
     )
     parser.add_argument(
-        "--vision-model",
+        "--image-tower",
         help="timm architecture, timm Hub id or folder (default: the release's; vit_base_patch16_dinov3 for a .pth)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists and is not empty")
     args = parser.parse_args(argv)
-    convert(args.source, args.output_dir, args.text_tower, args.vision_model, args.overwrite)
+    convert(args.source, args.output_dir, args.text_tower, args.image_tower, args.overwrite)
     print(f"saved {args.output_dir}")
 
 
 if __name__ == "__main__":
-    run(main, prog=PROG, errors=(*USER_ERRORS, KeyError))
+    run(main, prog=PROG)

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import RemoteEntryNotFoundError
 from PIL import Image
-from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor
 
+from modeling_viclip_ot import encode_in_batches
 from processing_viclip_ot import load_rgb_image
 
 from .loading import load_model, model_source
@@ -119,25 +119,23 @@ class TransformersEncoder:
     @torch.no_grad()
     def encode_image(self, images, batch_size=32, show_progress_bar=False):
         """L2-normalised embeddings of PIL images or image paths."""
-        return self._encode([load_rgb_image(image) for image in images], batch_size, show_progress_bar, "images")
+
+        def embed(batch):
+            inputs = self.processor(images=batch, return_tensors="pt").to(self.model.device)
+            return _normalised(self.model.get_image_features(**inputs))
+
+        images = [load_rgb_image(image) for image in images]
+        return encode_in_batches(embed, images, batch_size, show_progress_bar, "encoding images")
 
     @torch.no_grad()
     def encode_text(self, texts, batch_size=32, show_progress_bar=False):
         """L2-normalised embeddings of texts."""
-        return self._encode(list(texts), batch_size, show_progress_bar, "texts")
 
-    def _encode(self, items, batch_size, show_progress_bar, kind):
-        chunks = []
-        starts = range(0, len(items), batch_size)
-        for start in tqdm(starts, desc=f"encoding {kind}", disable=not show_progress_bar, unit="batch"):
-            batch = items[start : start + batch_size]
-            if kind == "images":
-                inputs = self.processor(images=batch, return_tensors="pt").to(self.model.device)
-                chunks.append(_normalised(self.model.get_image_features(**inputs)))
-            else:
-                inputs = self.processor(text=batch, return_tensors="pt", **self.text_kwargs).to(self.model.device)
-                chunks.append(_normalised(self.model.get_text_features(**inputs)))
-        return torch.cat(chunks)
+        def embed(batch):
+            inputs = self.processor(text=batch, return_tensors="pt", **self.text_kwargs).to(self.model.device)
+            return _normalised(self.model.get_text_features(**inputs))
+
+        return encode_in_batches(embed, list(texts), batch_size, show_progress_bar, "encoding texts")
 
 
 class SentenceTransformersEncoder:

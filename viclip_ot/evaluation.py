@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from dataset_scripts import CorpusError, load_corpus
 
 from .bootstrap import bootstrap_intervals
-from .metrics import retrieval_metrics
+from .retrieval import retrieval_metrics
 
 
 @dataclass

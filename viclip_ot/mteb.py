@@ -34,10 +34,10 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 
 from dataset_scripts import CORPORA, CorpusError, load_corpus
-from dataset_scripts._common import atomic_write
 from dataset_scripts.loading import parse_option
 from modeling_viclip_ot import ViCLIPOTModel
 
+from .files import write_text
 from .loading import load_model as load_saved_model
 
 VIETNAMESE_MIEB = ("XM3600T2IRetrieval", "XM3600I2TRetrieval", "WITT2IRetrieval", "WITI2TRetrieval")
@@ -368,10 +368,9 @@ def main(argv=None) -> dict:
     meta = model.mteb_model_meta.to_dict()
     output = {"model": args.model, "model_meta": meta, "mteb_version": mteb.__version__, "scores": scores}
     path = Path(args.output)
-    with atomic_write(path) as temporary:
-        temporary.write_text(json.dumps(output, indent=2, ensure_ascii=False, default=str))
-    with atomic_write(path.with_suffix(".md")) as temporary:
-        temporary.write_text(f"Model: {args.model} ({meta['name']}, revision {meta['revision']})\n\n{table}\n")
+    write_text(path, json.dumps(output, indent=2, ensure_ascii=False, default=str))
+    heading = f"Model: {args.model} ({meta['name']}, revision {meta['revision']})"
+    write_text(path.with_suffix(".md"), f"{heading}\n\n{table}\n")
     print(f"{table}\n\nwritten to {path} and {path.with_suffix('.md')}")
     return output
 

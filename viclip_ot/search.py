@@ -78,6 +78,10 @@ class IndexDamagedError(ValueError):
     """A file of a saved index cannot be read."""
 
 
+class ModelMismatchError(ValueError):
+    """A model other than the one that built the index (its fingerprint differs)."""
+
+
 class IndexLockedError(TimeoutError):
     """Another process is writing the index."""
 
@@ -794,7 +798,7 @@ class ImageIndex:
         if model is not self.model:
             fingerprint = model_fingerprint(model)
             if fingerprint != self.fingerprint:
-                raise ValueError(
+                raise ModelMismatchError(
                     f"the index of {self.root} was built with another model ({self.model_name or 'unnamed'}, "
                     f"fingerprint {self.fingerprint[:12]}); this model's fingerprint is {fingerprint[:12]}. "
                     "Query it with the model that built it, or build a new index with this model."
@@ -958,8 +962,9 @@ class ImageIndex:
 
     @classmethod
     def load(cls, folder: str | Path, model=None) -> ImageIndex:
-        """Open a saved index (memory-mapped); with `model`, check that it is the model that built the index (clear
-        error if not). A damaged file is an [`IndexDamagedError`] naming it and the command that rebuilds."""
+        """Open a saved index (memory-mapped); with `model`, check that it is the model that built the index (a
+        [`ModelMismatchError`] if not). A damaged file is an [`IndexDamagedError`] naming it and the command that
+        rebuilds."""
         folder = Path(folder)
         metadata = read_metadata(folder)
         index = cls(

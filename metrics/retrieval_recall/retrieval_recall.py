@@ -1,6 +1,6 @@
 """`evaluate` wrapper around `retrieval_metrics` (image-text retrieval)."""
 
-# `retrieval_scoring.py` next to this file is a link to `viclip_ot/metrics.py`, which needs only torch and numpy: the
+# `retrieval_scoring.py` next to this file is a link to `viclip_ot/retrieval.py`, which needs only torch and numpy: the
 # module loads without the repository (upload the folder with `huggingface-cli upload`, which follows the link).
 
 import datasets

@@ -1,1 +1,1 @@
-../../viclip_ot/metrics.py
+../../viclip_ot/retrieval.py

@@ -34,7 +34,7 @@ PAPER_LOSS = {
     "ot_reg": 0.05,
     "ot_reg_m": 0.5,
 }
-METRICS = ("avg_R", "alignment", "modality_gap", "plan_row_mass")
+STUDY_METRICS = ("avg_R", "alignment", "modality_gap", "plan_row_mass")
 # every run of both studies: no gradient caching (the same gradient as the demo's chunks of 32, one forward fewer), no
 # validation or checkpoints during training (the demo config's per-epoch validation only picks which checkpoint to
 # keep; the training steps are the same), the final model evaluated on the test split

@@ -3,9 +3,9 @@ differences to CLIP."""
 
 import numpy as np
 
-from dataset_scripts._common import atomic_write
+from viclip_ot.files import atomic_write
 
-from .design import FULL_STUDY, METRICS, ROWS
+from .design import FULL_STUDY, ROWS, STUDY_METRICS
 from .statistics import by_seed, interval, paired_difference
 from .teachers import TEACHERS
 
@@ -29,7 +29,7 @@ def plot_study(groups, path):
     rows = [row for row in ROWS if any(key[0] == row for key in groups)]
     teachers = [None, *TEACHERS]
     figure, axes = _three_panels()
-    for axis, metric, label in zip(axes, METRICS, ("avg R@K (%)", "alignment", "modality gap")):
+    for axis, metric, label in zip(axes, STUDY_METRICS, ("avg R@K (%)", "alignment", "modality gap")):
         for offset, teacher in enumerate(teachers):
             points = [
                 (index, *interval([r["metrics"][metric] for r in groups[(row, teacher)]]))
@@ -62,7 +62,9 @@ def plot_full_study(groups, path):
     clip = groups.get(("CLIP", None), [])
     keys = [key for key in FULL_STUDY if key != ("CLIP", None) and key in groups]
     figure, axes = _three_panels()
-    for axis, metric, label in zip(axes, METRICS, ("Δ avg R@K vs CLIP (points)", "Δ alignment", "Δ modality gap")):
+    for axis, metric, label in zip(
+        axes, STUDY_METRICS, ("Δ avg R@K vs CLIP (points)", "Δ alignment", "Δ modality gap")
+    ):
         baseline = by_seed(clip, metric)
         for index, key in enumerate(keys):
             values = by_seed(groups[key], metric)

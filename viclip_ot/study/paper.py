@@ -4,8 +4,10 @@ the seven configs trained and evaluated on `eval.py --suite paper`, the table be
 import json
 from pathlib import Path
 
+from viclip_ot.files import write_text
+
 from .design import PAPER_CONFIGS
-from .report import paper_table, write_text
+from .report import paper_table
 
 
 def run_paper_suite(

@@ -7,18 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_scripts._common import atomic_write
+from viclip_ot.files import write_text
 
-from .design import DEMO_DEFAULT, FULL_STUDY, METRICS, PAPER_AVG_R, ROWS, TEACHER_CONTRASTS
+from .design import DEMO_DEFAULT, FULL_STUDY, PAPER_AVG_R, ROWS, STUDY_METRICS, TEACHER_CONTRASTS
 from .figures import plot_full_study, plot_study
 from .runs import collect
 from .statistics import by_seed, interval, paired_difference, pairing_problems
 from .teachers import TEACHERS
-
-
-def write_text(path, text):
-    with atomic_write(path) as temporary:
-        temporary.write_text(text)
 
 
 def write_report(runs_folder, output, expected=()):
@@ -46,7 +41,7 @@ def write_report(runs_folder, output, expected=()):
         groups.items(), key=lambda item: (TEACHERS.index(item[0][1]) if item[0][1] else -1, order.get(item[0][0], 99))
     ):
         cells = []
-        for metric in METRICS:
+        for metric in STUDY_METRICS:
             mean, half = interval([record["metrics"].get(metric, float("nan")) for record in records])
             digits = 1 if metric == "avg_R" else 2
             cells.append(f"{mean:.{digits}f} ± {half:.{digits}f}")
@@ -108,11 +103,11 @@ def write_full_report(runs_folder, output, expected=()):
         records = groups.get((row, teacher))
         if not records:
             continue
-        cells = [f"{np.mean(list(by_seed(records, m).values())):.{d}f}" for m, d in zip(METRICS, (1, 2, 2, 2))]
+        cells = [f"{np.mean(list(by_seed(records, m).values())):.{d}f}" for m, d in zip(STUDY_METRICS, (1, 2, 2, 2))]
         if row == "CLIP":
             deltas = ["-", "-", "-", "-"]
         else:
-            difference = {m: paired_difference(by_seed(records, m), by_seed(clip, m)) for m in METRICS[:3]}
+            difference = {m: paired_difference(by_seed(records, m), by_seed(clip, m)) for m in STUDY_METRICS[:3]}
             deltas = [
                 _difference_cell(difference["avg_R"], 1),
                 _p_cell(difference["avg_R"]),

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from dataset_scripts._common import atomic_write
+from viclip_ot.files import write_text
 
 from .design import PAPER_LOSS, ROWS
 from .teachers import teacher_files
@@ -38,8 +38,7 @@ def collect(runs_folder):
 
 def write_json(path, value):
     """Write atomically: a finished run is either complete on disk or absent."""
-    with atomic_write(path) as temporary:
-        temporary.write_text(json.dumps(value, indent=2))
+    write_text(path, json.dumps(value, indent=2))
 
 
 class PairingFingerprint(TrainerCallback):

@@ -11,6 +11,8 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
 
 from configuration_viclip_ot import ViCLIPOTConfig
+from modeling_viclip_ot import ViCLIPOTModel
+from processing_viclip_ot import ViCLIPOTProcessor
 
 SPECIAL_TOKENS = {
     "pad_token": "[PAD]",
@@ -87,15 +89,23 @@ def small_image_tower_kwargs(embed_dim=32, depth=2, num_heads=2, image_size=32, 
 
 
 def small_config(text_folder, image_size=32, projection_dim=16, **overrides) -> ViCLIPOTConfig:
-    """A [`ViCLIPOTConfig`] with a small DINOv3-layout image tower and the text tower saved in `text_folder`."""
+    """A [`ViCLIPOTConfig`] with a small DINOv3-layout image tower for `image_size` images and the text tower saved in
+    `text_folder`."""
     settings = {
         "vision_model_name": "vit_small_patch16_dinov3",
         "vision_model_kwargs": small_image_tower_kwargs(image_size=image_size),
         **overrides,
     }
     return ViCLIPOTConfig(
-        image_size=image_size,
         text_config=AutoConfig.from_pretrained(text_folder).to_dict(),
         projection_dim=projection_dim,
         **settings,
     )
+
+
+def small_model(text_folder, image_size=32, **overrides) -> ViCLIPOTModel:
+    """A [`ViCLIPOTModel`] of [`small_config`] (random weights) with its processor: a crop of `image_size`, the
+    tokenizer of `text_folder`."""
+    model = ViCLIPOTModel(small_config(text_folder, image_size=image_size, **overrides))
+    model.processor = ViCLIPOTProcessor.from_text_tower(text_folder, crop_size=image_size)
+    return model
