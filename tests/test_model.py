@@ -64,6 +64,33 @@ def test_fresh_process_loads_remote_code_offline(make_model, photos, tmp_path):
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
 
 
+SAVED_BY_0_1 = Path(__file__).parent / "data" / "model-9ba161a"
+
+
+@pytest.mark.parametrize("loader", ["load_model", "remote code", "sentence-transformers"])
+def test_a_folder_saved_by_0_1_0_embeds_as_it_did(loader):
+    """A small model saved by version 0.1.0 (commit 9ba161a, before the package's refactor: `tests/data/`, with the
+    embeddings that code computed) gives the same embeddings through this version's classes, through the folder's
+    own remote code, and through sentence-transformers."""
+    expected = json.loads((SAVED_BY_0_1 / "expected.json").read_text(encoding="utf-8"))
+    image = Image.open(SAVED_BY_0_1 / "image.png")
+    folder = SAVED_BY_0_1 / "model"
+    if loader == "load_model":
+        model = load_model(folder)
+    elif loader == "remote code":
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    else:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
+        model.encode_text = model.encode_image = model.encode
+    texts, images = np.asarray(model.encode_text(expected["texts"])), np.asarray(model.encode_image([image]))
+    np.testing.assert_allclose(texts, expected["text_embeds"], atol=1e-5)
+    np.testing.assert_allclose(images, expected["image_embeds"], atol=1e-5)
+
+
 def test_rope_buffers_survive_from_pretrained(make_model, tmp_path):
     model = make_model()
     model.save_pretrained(tmp_path)
