@@ -1,23 +1,32 @@
 """What the studies train: the loss rows and their options, the full study's (row, teacher) pairs and contrasts, the
 metrics they compare, the paper's seven configs and the Avg R@K it publishes."""
 
-import math
+from dataclasses import asdict
+from pathlib import Path
+
+from viclip_ot.arguments import read_config
+from viclip_ot.losses import LossSettings
 
 from .teachers import CONTROLS, TEACHERS
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def initial_scale_and_bias(config):
+    """The logit scale and bias a SigLIP config (a file of `configs/`) starts from."""
+    values = read_config(CONFIGS / config)
+    return {name: values[name] for name in ("logit_scale_init_value", "logit_bias_init_value")}
+
 
 # name -> train.py options; the paper's Table 1 rows, then the variants of this repository
 ROWS = {
     "CLIP": {"loss_type": "clip"},
-    "SigLIP": {"loss_type": "siglip", "logit_scale_init_value": math.log(10), "logit_bias_init_value": -10.0},
+    "SigLIP": {"loss_type": "siglip", **initial_scale_and_bias("siglip.yaml")},
     "CLIP+UOT": {"loss_type": "clip_uot"},
-    "SigLIP+UOT": {"loss_type": "siglip_uot", "logit_scale_init_value": math.log(10), "logit_bias_init_value": -10.0},
+    "SigLIP+UOT": {"loss_type": "siglip_uot", **initial_scale_and_bias("siglip_uot.yaml")},
     "SIGROT": {"loss_type": "sigrot", "contrastive_weight": 0.0},
     "ViCLIP-OT": {"loss_type": "clip_sigrot"},
-    "ViSigLIP-OT": {
-        "loss_type": "siglip_sigrot",
-        "logit_scale_init_value": math.log(1 / 0.06),
-        "logit_bias_init_value": -9.0,
-    },
+    "ViSigLIP-OT": {"loss_type": "siglip_sigrot", **initial_scale_and_bias("visiglip_ot.yaml")},
     "ViCLIP-OT, normalised plan, prior T 0.02": {
         "loss_type": "clip_sigrot",
         "normalise_plan": True,
@@ -26,14 +35,7 @@ ROWS = {
     "ViCLIP-OT, normalised plan": {"loss_type": "clip_sigrot", "normalise_plan": True},
 }
 # every run starts from the paper's loss settings (the demo config's own choices do not leak into the rows)
-PAPER_LOSS = {
-    "contrastive_weight": 0.1,
-    "normalise_plan": False,
-    "prior_temperature": None,
-    "detach_prior_scale": False,
-    "ot_reg": 0.05,
-    "ot_reg_m": 0.5,
-}
+PAPER_LOSS = {name: value for name, value in asdict(LossSettings()).items() if name != "loss_type"}
 STUDY_METRICS = ("avg_R", "alignment", "modality_gap", "plan_row_mass")
 # every run of both studies: no gradient caching (the same gradient as the demo's chunks of 32, one forward fewer), no
 # validation or checkpoints during training (the demo config's per-epoch validation only picks which checkpoint to
