@@ -47,6 +47,7 @@ from modeling_viclip_ot import ENCODE_BACKENDS, model_fingerprint
 from processing_viclip_ot import PHOTOS_EXTRA, PLUGIN_EXTENSIONS
 
 from .cli import run
+from .files import atomic_write, fsync
 from .loading import load_model
 
 INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq", "opq", "auto")
@@ -358,30 +359,13 @@ def write_embeddings(path: Path, blocks, num_rows: int, dim: int) -> None:
 def _fsync_tree(folder: Path) -> None:
     """Flush every file under `folder`, and the folders themselves, to disk."""
     for path in sorted(folder.rglob("*"), reverse=True) + [folder]:
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        fsync(path)
 
 
 def _write_json(path: Path, value) -> None:
-    """Replace `path` by `value` as JSON atomically (a temporary file renamed over it, flushed to disk)."""
-    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(temporary, "w") as file:
-        json.dump(value, file, indent=2, ensure_ascii=False)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    """Replace `path` by `value` as JSON, atomically and durably."""
+    with atomic_write(path, durable=True) as temporary:
+        temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _row_features() -> datasets.Features:
@@ -781,7 +765,7 @@ class ImageIndex:
         for path in self.folder.glob("v-*"):
             if path.name != current:
                 shutil.rmtree(path)
-        for path in self.folder.glob(f".{METADATA_FILE}.tmp-*"):
+        for path in self.folder.glob(f".{METADATA_FILE}.*.partial"):
             path.unlink()
         committed = set(metadata.get("committed_shards", [])) if metadata else set()
         for path in self._work.glob("*"):
