@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _measure import environment
+from _measure import environment, write_results
 
 from viclip_ot.loading import load_model
 
@@ -56,7 +56,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     if args.output:
-        args.output.write_text(text + "\n")
+        write_results(args.output, text + "\n")
     sys.exit(0 if finite else 1)
 
 

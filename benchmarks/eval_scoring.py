@@ -32,9 +32,9 @@ from _measure import (
     reset_peak_rss,
     run_worker,
     spread,
+    write_results,
 )
 
-from viclip_ot.files import write_text
 from viclip_ot.retrieval import CHUNK_SIZE, retrieval_metrics
 
 
@@ -190,7 +190,7 @@ def main():
     )
     print("\n" + table)
     if not args.smoke or args.output != parser.get_default("output"):
-        write_text(args.output, table + "\n")
+        write_results(args.output, table + "\n")
 
 
 if __name__ == "__main__":

@@ -26,12 +26,20 @@ import functools
 from pathlib import Path
 
 import torch
-from _measure import environment, load_average, markdown_table, median, random_captions, repeat_timing, spread
+from _measure import (
+    environment,
+    load_average,
+    markdown_table,
+    median,
+    random_captions,
+    repeat_timing,
+    spread,
+    write_results,
+)
 from transformers import AutoConfig, AutoModel
 
 from configuration_viclip_ot import VIETNAMESE_SBERT_CONFIG
 from viclip_ot.data import gradcache_chunks, trim_padding
-from viclip_ot.files import write_text
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -190,7 +198,7 @@ def main():
     )
     print("\n" + table)
     if not args.smoke or args.output != parser.get_default("output"):
-        write_text(args.output, table + "\n")
+        write_results(args.output, table + "\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from _measure import environment, load_average, markdown_table
+from _measure import environment, load_average, markdown_table, write_results
 
 from viclip_ot.search import make_faiss_index, train_faiss_index
 
@@ -185,10 +185,11 @@ def main():
     table = markdown_table(headers, rows)
     print("\n" + table)
     if not args.no_write:
-        args.output.write_text(
+        write_results(
+            args.output,
             f"# Image search at scale\n\n{started}, {load_average()} at the end.\n\n{__doc__.split(chr(10) * 2)[1]}\n\n"
             f"{args.queries} queries; {args.queries // BATCH} batches of {BATCH}. HNSW built only up to "
-            f"{args.hnsw_max_size:,} vectors.\n\n{table}\n"
+            f"{args.hnsw_max_size:,} vectors.\n\n{table}\n",
         )
 
 

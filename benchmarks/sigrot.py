@@ -15,15 +15,18 @@ at once above what existed before it (CPU: the profiler's memory timeline; CUDA:
 """
 
 import argparse
+import json
 import platform
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import ot
 import torch
 import torch.nn.functional as F
+from _measure import write_results
 from torch.profiler import ProfilerActivity, profile
-from torch.profiler._memory_profiler import Action
 
 from modeling_viclip_ot import caption_row_logits
 from viclip_ot.losses import ContrastiveOTLoss, sigrot_divergence, similarity_graph, unbalanced_sinkhorn
@@ -75,7 +78,8 @@ def timed_step(name, batch):
 
 def peak_memory_mb(name, batch):
     """Peak memory of one step above what existed before it: on CUDA `max_memory_allocated`, on CPU the largest sum
-    of live tensor bytes in the profiler's memory timeline."""
+    of live tensor bytes in the profiler's memory timeline (`export_memory_timeline`: times, then bytes per
+    category at each time)."""
     if batch[0].is_cuda:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -85,11 +89,11 @@ def peak_memory_mb(name, batch):
     options = {"profile_memory": True, "record_shapes": True, "with_stack": True}  # what the timeline needs
     with profile(activities=[ProfilerActivity.CPU], **options) as run:
         timed_step(name, batch)
-    live = peak = 0
-    for _, action, _, size in run._memory_profile().timeline:
-        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
-        peak = max(peak, live)
-    return peak / 2**20
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA's memory snapshots, which have no CPU
+        run.export_memory_timeline(f"{folder}/timeline.json", device="cpu")
+        _, sizes = json.loads(Path(folder, "timeline.json").read_text())
+    return max(map(sum, sizes), default=0) / 2**20
 
 
 def plan_difference(num_captions, device):
@@ -157,7 +161,7 @@ def main():
             print(lines[-1], flush=True)
         tables.append("\n".join(lines))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n\n".join(tables) + "\n")
+    write_results(args.output, "\n\n".join(tables) + "\n")
 
 
 if __name__ == "__main__":

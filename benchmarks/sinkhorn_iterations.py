@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _measure import write_results
 
 from viclip_ot.losses import unbalanced_sinkhorn
 
@@ -70,7 +71,7 @@ def main(argv=None):
                 + " |"
             )
     table = "\n".join(lines) + "\n"
-    Path(args.output).write_text(table)
+    write_results(args.output, table)
     print(table)
 
 
