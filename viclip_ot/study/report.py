@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from viclip_ot.files import write_text
+from viclip_ot.losses import LOSS_TYPES
 
 from .design import DEMO_DEFAULT, FULL_STUDY, PAPER_AVG_R, ROWS, STUDY_METRICS, TEACHER_CONTRASTS
 from .figures import plot_full_study, plot_study
@@ -104,6 +105,8 @@ def write_full_report(runs_folder, output, expected=()):
         if not records:
             continue
         cells = [f"{np.mean(list(by_seed(records, m).values())):.{d}f}" for m, d in zip(STUDY_METRICS, (1, 2, 2, 2))]
+        if LOSS_TYPES[ROWS[row]["loss_type"]].transport is None:
+            cells[3] = "-"  # the plan's row mass: a diagnostic of the transport losses only
         if row == "CLIP":
             deltas = ["-", "-", "-", "-"]
         else:
