@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from conftest import CAPTIONS
 from huggingface_hub import ModelCard
 from replicas import DINOV3_SMALL, images, timm_hub_folder
-from training_setup import demo_split, gradients, make_trainer, random_teacher, small_model
+from training_setup import batch_loss, demo_split, gradients, make_trainer, random_teacher, small_model
 from transformers import AutoModel
 
 from dataset_scripts.teacher_embeddings import TeacherEmbeddings, TeacherMismatchError
@@ -41,7 +41,7 @@ def _plain_gradients(model, trainer, batch, chunk_size):
     outputs = [model(**chunk) for chunk in chunks]
     images = torch.cat([o.image_embeds for o in outputs])
     texts = torch.cat([o.text_embeds for o in outputs])[caption_order.argsort()]
-    trainer._batch_loss(images, texts, batch, model.logit_scale.exp(), model.logit_bias).backward()
+    batch_loss(trainer, images, texts, batch, model.logit_scale.exp(), model.logit_bias).backward()
     return gradients(model)
 
 
