@@ -1,4 +1,5 @@
-"""Shared fixtures: small towers built offline (no downloads), real sample photographs."""
+"""Shared fixtures: small towers built offline (no downloads), the replicas of the Hub towers, real sample
+photographs."""
 
 import os
 
@@ -25,6 +26,7 @@ VIETNAMESE_TEXTS = [
     "nhiều người đang đứng chờ xe buýt",
     "bầu trời xanh và những đám mây trắng",
 ]
+CAPTIONS = VIETNAMESE_TEXTS[:4]  # what the tests of the replicas (`sbert_dir`, `tower_dirs`) encode
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +39,23 @@ def text_tower_dir(tmp_path_factory):
 def roberta_tower_dir(tmp_path_factory):
     """A small RoBERTa text tower (the paper's text tower family)."""
     return save_small_text_tower(tmp_path_factory.mktemp("roberta_tower"), VIETNAMESE_TEXTS * 5, model_type="roberta")
+
+
+@pytest.fixture(scope="module")
+def sbert_dir(tmp_path_factory):
+    """The `keepitreal/vietnamese-sbert` replica (`replicas.vietnamese_sbert`), one per test module."""
+    from replicas import vietnamese_sbert
+
+    return vietnamese_sbert(tmp_path_factory.mktemp("vietnamese-sbert"), VIETNAMESE_TEXTS * 3)
+
+
+@pytest.fixture(scope="module")
+def tower_dirs(tmp_path_factory):
+    """The timm Hub folders of `replicas.TOWERS`, one set per test module: {name: (folder, the exported model)}."""
+    from replicas import TOWERS, timm_hub_folder
+
+    root = tmp_path_factory.mktemp("timm")
+    return {name: timm_hub_folder(root / name, arch, args) for name, (arch, args) in TOWERS.items()}
 
 
 @pytest.fixture

@@ -1,12 +1,18 @@
-"""Writers of small corpus folders in each corpus's real layout, shared by the dataset and evaluation tests."""
+"""Writers of small corpus folders in each corpus's real layout, what a corpus stores, and a toy near-duplicate
+descriptor; shared by the dataset, evaluation, image and study tests."""
 
 import io
 import json
+import warnings
+from pathlib import Path
 
+import datasets
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from dataset_scripts import LANGUAGES
+from dataset_scripts import LANGUAGES, CorpusWarning, load_corpus
 
 
 def photo(seed: int, size=(48, 40)) -> Image.Image:
@@ -121,3 +127,32 @@ def write_json_corpus(root) -> None:
         write(root / f"{split}.json", {"images": images, "annotations": annotations})
         for i in ids:
             write(root / "images" / split / f"{i}.png", encode(photo(i), "PNG"))
+
+
+def raw_bytes(dataset: datasets.Dataset) -> list[bytes]:
+    """The encoded image bytes a built corpus stores, row by row."""
+    return [row["bytes"] for row in dataset.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def stored_image(path, root) -> tuple[bytes, bool]:
+    """What the corpus builders store for the image file `path`: its bytes in a one-image `json` corpus built under
+    `root`, and whether the build warned that the file was truncated."""
+    path, root = Path(path), Path(root)
+    write(root / "corpus" / "images" / path.name, path.read_bytes())
+    annotations = {"images": [{"id": 0, "image_path": f"images/{path.name}"}], "annotations": []}
+    annotations["annotations"].append({"id": 0, "caption": "một bức ảnh", "image_id": 0})
+    write(root / "corpus" / "test.json", annotations)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CorpusWarning)
+        corpus = load_corpus("json", root / "corpus", split="test", cache_dir=str(root / "cache"))
+    truncated = any(issubclass(w.category, CorpusWarning) and "truncated" in str(w.message) for w in caught)
+    (data,) = raw_bytes(corpus)
+    return data, truncated
+
+
+class Thumbnail(torch.nn.Module):
+    """A toy near-duplicate descriptor in SSCD's TorchScript form: the mean-centred 8x8 thumbnail, L2-normalised."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        thumb = F.adaptive_avg_pool2d(x, 8)
+        return F.normalize((thumb - thumb.mean(dim=(2, 3), keepdim=True)).flatten(1), dim=1)

@@ -8,6 +8,10 @@ fields as on the Hub, with tiny sizes and random weights. Nothing is downloaded.
   export, `model_args`; `model.safetensors`), written by timm's own `save_for_hf`.
 * `authors_release` / `authors_checkpoint`: the authors' released format (`minhnguyent546/ViCLIP-OT`) and their
   training `.pth`.
+* `siglip_baseline` / `clip_baseline` / `qwen3_vl_embedding`: the baselines and a teacher in their Hub layouts.
+
+`TOWERS` names the timm exports of the `tower_dirs` fixture (conftest.py); `sbert_reference` and `images` give the
+references and inputs the tests of the replicas compare on.
 """
 
 import itertools
@@ -18,6 +22,7 @@ from pathlib import Path
 import timm
 import torch
 from safetensors.torch import save_file
+from sentence_transformers import SentenceTransformer
 from timm.models import save_for_hf
 from transformers import AutoModel, RobertaConfig, RobertaModel
 
@@ -27,6 +32,12 @@ PHOBERT_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0-3; PhobertTokenizer
 # The size of every tiny transformers tower here (text and vision configs of the CLIP / SigLIP baselines).
 TINY_TOWER = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
 TINY_VISION = {**TINY_TOWER, "image_size": 32, "patch_size": 8}
+DINOV3_SMALL = {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32}
+TOWERS = {  # the timm exports of `tower_dirs` (conftest.py): folder name: (architecture, model_args of the export)
+    "dinov3-resized": ("vit_small_patch16_dinov3", DINOV3_SMALL),
+    "convnext-official": ("test_convnext", None),
+    "convnext-resized": ("convnext_atto", {"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]}),
+}
 
 
 def learn_bpe(words, merges=60):
@@ -153,6 +164,16 @@ def vietnamese_sbert(
             json.dumps({"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.7.0", "pytorch": "1.9.0"}})
         )
     return folder
+
+
+def sbert_reference(sbert_dir, texts):
+    """The sentence-transformers model's own normalised embeddings."""
+    return torch.from_numpy(SentenceTransformer(str(sbert_dir), device="cpu").encode(texts, normalize_embeddings=True))
+
+
+def images(size=32, count=3, seed=0):
+    """Random pixel batches for the replica towers."""
+    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 4 - 2
 
 
 def timm_hub_folder(folder, architecture, model_args=None, seed=0):

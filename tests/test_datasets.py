@@ -10,12 +10,13 @@ import datasets
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from corpus_fixtures import (
     KTVIC_TEST,
     UIT,
+    Thumbnail,
     encode,
     photo,
+    raw_bytes,
     write,
     write_crossmodal,
     write_json_corpus,
@@ -29,13 +30,6 @@ from dataset_scripts.demo import make_scene
 from dataset_scripts.report import read_report
 
 pytestmark = pytest.mark.filterwarnings("ignore::dataset_scripts.CorpusWarning")
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def raw_bytes(dataset: datasets.Dataset) -> list[bytes]:
-    return [row["bytes"] for row in dataset.cast_column("image", datasets.Image(decode=False))["image"]]
 
 
 # ---------------------------------------------------------------- builders
@@ -285,14 +279,6 @@ def test_stale_cache_is_rebuilt_after_files_change(tmp_path):
 # ---------------------------------------------------------------- near-duplicate removal
 
 
-class Thumbnail(torch.nn.Module):
-    """A toy copy detector: the mean-centred 8x8 thumbnail, L2-normalised."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        thumb = F.adaptive_avg_pool2d(x, 8)
-        return F.normalize((thumb - thumb.mean(dim=(2, 3), keepdim=True)).flatten(1), dim=1)
-
-
 def test_best_matches_in_chunks_equals_the_full_matrix():
     rng = np.random.default_rng(0)
     target, reference = (rng.standard_normal((n, 16)).astype(np.float32) for n in (23, 31))
@@ -481,41 +467,3 @@ def test_demo_captions_state_every_scene_factor():
         assert (np.abs(pixels - fill).max(axis=1) <= 12).sum() > 20 * factors[
             "count"
         ]  # the shapes are drawn in their colour
-
-
-def test_teacher_file_is_checked_on_a_subset_of_the_images(tmp_path):
-    """With --max_train_images, a teacher file made from other captions (same ids and counts) is refused."""
-    from dataset_scripts.teacher_embeddings import (
-        Teacher,
-        TeacherEmbeddings,
-        TeacherMismatchError,
-        compute_teacher_embeddings,
-    )
-
-    def encode_texts(texts, batch_size=32):  # a deterministic text-only teacher: character counts
-        rows = torch.tensor([[text.count(c) for c in "aeiouhnt"] for text in texts], dtype=torch.float32)
-        return F.normalize(rows + 1e-3, dim=-1)
-
-    corpus = load_corpus(
-        "demo",
-        split="train",
-        cache_dir=str(tmp_path / "cache"),
-        train_size=6,
-        validation_size=1,
-        test_size=1,
-        image_size=16,
-    )
-    teacher = Teacher("counts", None, encode_texts, images_from_captions=True)
-    compute_teacher_embeddings(corpus, teacher, batch_size=4).save(tmp_path / "teacher.safetensors")
-    embeddings = TeacherEmbeddings.load(tmp_path / "teacher.safetensors")
-    subset = corpus.select(range(3))
-    embeddings.check_corpus(subset)  # the same captions: accepted
-    other = subset.map(
-        lambda row: {
-            "captions": [c.upper() for c in row["captions"]]
-            if row["image_id"] == subset[1]["image_id"]
-            else row["captions"]
-        }
-    )
-    with pytest.raises(TeacherMismatchError, match=rf"1 images have other captions .*{subset[1]['image_id']}"):
-        embeddings.check_corpus(other)

@@ -1,5 +1,6 @@
-"""eval.py end to end (demo corpus, a fixture folder of each corpus format, the paper suite), the baseline encoders,
-bootstrap intervals, the pictures and the clear errors; offline, with tiny models."""
+"""eval.py end to end (demo corpus, a fixture folder of each corpus format, the paper suite), the baseline encoders
+(also in their Hub layouts, tests/replicas.py), bootstrap intervals, the pictures and the clear errors; offline, with
+tiny models."""
 
 import hashlib
 import importlib.util
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import VIETNAMESE_TEXTS
 from corpus_fixtures import write_crossmodal, write_json_corpus, write_ktvic, write_uit
 from PIL import Image
 from replicas import TINY_TOWER, TINY_VISION
@@ -332,6 +334,98 @@ def test_sentence_transformers_baseline_and_a_separate_text_model(clip_dir, phot
     paired = load_encoder(clip_dir, text_model=st_dir)
     assert isinstance(paired, PairedEncoder) and isinstance(paired.image_encoder, TransformersEncoder)
     torch.testing.assert_close(paired.encode_text(CAPTIONS), encoder.encode_text(CAPTIONS))
+
+
+@pytest.fixture(scope="module")
+def baseline_dirs(tmp_path_factory):
+    from replicas import clip_baseline, siglip_baseline
+
+    root = tmp_path_factory.mktemp("baselines")
+    return {"siglip": siglip_baseline(root / "siglip", VIETNAMESE_TEXTS * 5), "clip": clip_baseline(root / "clip")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["siglip", "clip"])
+def test_baselines_encode_as_their_models_and_run_in_eval(kind, baseline_dirs, tmp_path):
+    from transformers import AutoModel as Auto
+
+    from viclip_ot.encoders import load_encoder
+
+    folder = baseline_dirs[kind]
+    encoder = load_encoder(folder)
+    model, processor = Auto.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    assert type(processor.tokenizer).__name__ == {"siglip": "SiglipTokenizer", "clip": "CLIPTokenizer"}[kind]
+    padding = "max_length" if kind == "siglip" else True  # SigLIP was trained on texts padded to full length
+    limit = model.config.text_config.max_position_embeddings
+    texts = VIETNAMESE_TEXTS[:3]
+    with torch.no_grad():
+        inputs = processor.tokenizer(texts, padding=padding, truncation=True, max_length=limit, return_tensors="pt")
+        expected = F.normalize(model.get_text_features(**inputs).pooler_output, dim=-1)
+    torch.testing.assert_close(encoder.encode_text(texts), expected, atol=1e-6, rtol=0)
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "eval.py",
+            "--model",
+            str(folder),
+            "--dataset",
+            "demo",
+            "--option",
+            "train_size=0",
+            "--option",
+            "validation_size=0",
+            "--option",
+            "test_size=4",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--output",
+            str(tmp_path / "results.json"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (entry,) = json.loads((tmp_path / "results.json").read_text())["evaluations"].values()
+    assert entry["images"] == 4 and 0 <= entry["metrics"]["t2i_R@1"] <= 100
+
+
+@pytest.mark.slow
+def test_a_baseline_missing_a_package_is_one_clear_line(baseline_dirs, tmp_path):
+    script = (
+        "import runpy, sys; sys.modules['sentencepiece'] = None; sys.argv = sys.argv[1:]\n"
+        "runpy.run_path('eval.py', run_name='__main__')\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "eval.py",
+            "--model",
+            str(baseline_dirs["siglip"]),
+            "--dataset",
+            "demo",
+            "--option",
+            "test_size=2",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--output",
+            str(tmp_path / "out.json"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"eval.py: error: cannot load {baseline_dirs['siglip']}: a package it needs is missing")
+    assert "SentencePiece" in line
 
 
 # ---------------------------------------------------------------- bootstrap, table, pictures

@@ -4,7 +4,7 @@ length-sorted chunks; embeddings, losses and gradients stay those of the unsorte
 import pytest
 import torch
 from conftest import VIETNAMESE_TEXTS
-from training_setup import demo_split, gradients, make_trainer, random_teacher, small_model
+from training_setup import batch_loss, demo_split, gradients, make_trainer, random_teacher, small_model
 
 from viclip_ot.data import gradcache_chunks, trim_padding
 
@@ -68,14 +68,14 @@ def test_grouped_cached_step_equals_the_plain_full_batch_step(batch_and_model):
     torch.testing.assert_close(grouped, whole.text_embeds, atol=1e-6, rtol=0)
 
     model.zero_grad()
-    expected_loss = trainer._batch_loss(
-        whole.image_embeds, whole.text_embeds, batch, model.logit_scale.exp(), model.logit_bias
+    expected_loss = batch_loss(
+        trainer, whole.image_embeds, whole.text_embeds, batch, model.logit_scale.exp(), model.logit_bias
     )
     outputs = model(
         pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     )
-    loss = trainer._batch_loss(
-        outputs.image_embeds, outputs.text_embeds, batch, model.logit_scale.exp(), model.logit_bias
+    loss = batch_loss(
+        trainer, outputs.image_embeds, outputs.text_embeds, batch, model.logit_scale.exp(), model.logit_bias
     )
     loss.backward()
     expected = gradients(model)

@@ -109,21 +109,23 @@ def test_one_pass_ranks_match_brute_force(seed, monkeypatch):
 
 def test_best_scores_that_disagree_with_the_pass_are_reranked(monkeypatch):
     """An image whose best caption score from the blocks differs from the pass's value (float rounding of a
-    differently shaped product) is ranked again from its row: same metrics as with exact block values."""
+    differently shaped product: the blocks' batched `torch.bmm`) is ranked again from its row: same metrics as with
+    exact block values."""
     x, y, idx = random_gallery(3, n_images=29)
     expected = retrieval_metrics(x, y, idx, KS, chunk_size=13)
-    exact = retrieval._best_caption_scores
-    off = torch.arange(len(x)) % 2 == 0
+    exact = torch.bmm
     nudged = []
 
-    def rounded_differently(*args):
-        best = exact(*args)
-        # Half the images off by one unit in the last place, up or down: the counts against them go wrong.
-        shifted = torch.where(off & (torch.arange(len(x)) % 4 == 0), best.nextafter(best + 1), best.nextafter(best - 1))
+    def rounded_differently(captions, images):
+        scores = exact(captions, images)
+        # The scores of half the images of each block (its columns) off by one unit in the last place, up or down:
+        # the counts against them go wrong.
+        column = torch.arange(scores.shape[2])
+        shifted = torch.where(column % 4 == 0, scores.nextafter(scores + 1), scores.nextafter(scores - 1))
         nudged.append(True)
-        return torch.where(off, shifted, best)
+        return torch.where(column % 2 == 0, shifted, scores)
 
-    monkeypatch.setattr(retrieval, "_best_caption_scores", rounded_differently)
+    monkeypatch.setattr(torch, "bmm", rounded_differently)
     assert retrieval_metrics(x, y, idx, KS, chunk_size=13) == expected
     assert nudged
 

@@ -286,7 +286,8 @@ def test_bad_caption_image_index_is_a_clear_error(make_model, photos):
 @pytest.mark.parametrize("mode", ["RGBA", "P", "L", "CMYK", "L-transparency", "P-transparency"])
 def test_image_modes_become_rgb(make_model, photos, mode, tmp_path):
     """Each mode's pixels against a computation on the arrays; a file reads the same in the corpus builder."""
-    from dataset_scripts._common import rgb_image_bytes
+    from corpus_fixtures import stored_image
+
     from processing_viclip_ot import load_rgb_image
 
     rgb = np.asarray(photos[1].resize((40, 30)), dtype=np.int64)
@@ -318,7 +319,7 @@ def test_image_modes_become_rgb(make_model, photos, mode, tmp_path):
 
     path = tmp_path / ("image.tiff" if mode == "CMYK" else "image.png")  # PNG has no CMYK
     image.save(path)
-    stored, _ = rgb_image_bytes(path)
+    stored, _ = stored_image(path, tmp_path / "built")
     with Image.open(io.BytesIO(stored)) as built:
         np.testing.assert_array_equal(np.asarray(built), converted)
     model = make_model()

@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from corpus_fixtures import stored_image
 from PIL import Image
 
-from dataset_scripts._common import rgb_image_bytes
 from processing_viclip_ot import load_rgb_image
 from viclip_ot import search
 from viclip_ot.search import ImageIndex, scan_images
@@ -56,7 +56,7 @@ def test_exif_turned_photo_equals_upright_through_every_path(demo_model_dir, dem
     labels = ["hình tròn", "hình vuông"]
     assert classifier(str(path), candidate_labels=labels) == classifier(upright, candidate_labels=labels)
     # The corpus builders store the upright pixels (as PNG, not the original bytes).
-    data, truncated = rgb_image_bytes(path)
+    data, truncated = stored_image(path, tmp_path / "built")
     assert not truncated and np.array_equal(np.asarray(Image.open(io.BytesIO(data))), expected_pixels)
     # The search index: the turned file is found by its upright image.
     (tmp_path / "folder").mkdir()

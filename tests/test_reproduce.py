@@ -1,4 +1,5 @@
-"""The full-length study of reproduce.py (`viclip_ot.study`): control teachers, paired statistics, pairing check."""
+"""reproduce.py and its study (`viclip_ot.study`): control teachers, paired statistics, the pairing check, the ablation
+driver and the paper suite end to end."""
 
 import json
 import math
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from corpus_fixtures import Thumbnail, write_crossmodal, write_ktvic, write_uit
 from scipy import stats
 from training_setup import tiny_demo_config
 
@@ -126,3 +128,164 @@ def test_full_study_pairs_seeds_records_threads_and_reports_paired_differences(t
     assert "| identity | 2 | " in table and f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]" in table
     assert "Pairing checked: the runs of each seed (2 so far) share" in table and "Partial" not in table
     assert (tmp_path / "full.png").stat().st_size > 0
+
+
+def test_scene_factor_teacher_matches_the_demo_corpus(tmp_path):
+    """The perfect teacher's row of an image is the normalised one-hot code of the factors its first caption states
+    (template "{count} {shape} {colour} {position}, nền {background}"), its captions carry that row, and the file
+    passes train.py's corpus check; the noisy one stays close to it."""
+    from dataset_scripts import demo, load_corpus
+    from viclip_ot.study.teachers import scene_factor_teacher
+
+    teacher = scene_factor_teacher()
+    train = load_corpus("demo", split="train", cache_dir=str(tmp_path / "cache"))
+    teacher.check_corpus(train)
+    tables = [
+        {str(k): v for k, v in demo.COUNTS.items()},
+        demo.SHAPES,
+        {name: phrases for name, (_, phrases) in demo.COLOURS.items()},
+        {name: phrases for name, (_, phrases) in demo.POSITIONS.items()},
+    ]
+    backgrounds = {phrase: name for name, (_, phrases) in demo.BACKGROUNDS.items() for phrase in phrases}
+    for row, captions in enumerate(train["captions"][:40]):
+        stated, rest = [], captions[0]
+        for table in tables:  # the longest phrase that starts what is left of the caption
+            value, phrase = max(
+                ((v, p) for v, ps in table.items() for p in ps if rest.startswith(p)), key=lambda pair: len(pair[1])
+            )
+            stated.append(value)
+            rest = rest[len(phrase) :].lstrip()
+        stated.append(backgrounds[rest.removeprefix(", nền ")])
+        code = torch.zeros(teacher.dimension)
+        offsets = [0, 3, 6, 10, 15]
+        for offset, table, value in zip(offsets, [*tables, demo.BACKGROUNDS], stated):
+            code[offset + list(table).index(value)] = 5**-0.5
+        torch.testing.assert_close(teacher.image_embeds[row], code)
+        torch.testing.assert_close(teacher.text_embeds[5 * row : 5 * row + 5], code.expand(5, -1))
+    noisy = scene_factor_teacher(noise=0.15)
+    assert 0.7 < (noisy.image_embeds * teacher.image_embeds).sum(1).mean() < 0.95
+
+
+@pytest.mark.slow
+def test_ablation_driver_resumes_and_reports(tmp_path, monkeypatch):
+    """Two quick runs of the demo study (a few steps): one JSON per finished run, a rerun trains nothing, the
+    table and figure hold every run with its interval over seeds."""
+    import reproduce
+    from viclip_ot.study import runs
+    from viclip_ot.study.statistics import interval
+
+    trained = []
+    original = runs.train_run
+    monkeypatch.setattr(runs, "train_run", lambda *a: trained.append(a) or original(*a))
+    small = tiny_demo_config(tmp_path / "small.yaml")
+    args = [
+        "--config",
+        str(small),
+        "--rows",
+        "CLIP",
+        "ViCLIP-OT, normalised plan",
+        "--teachers",
+        "perfect",
+        "--seeds",
+        "0",
+        "1",
+        "--epochs",
+        "1",
+        "--train-images",
+        "16",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--output",
+        str(tmp_path / "ablation.md"),
+    ]
+    reproduce.main(args)
+    assert len(trained) == 4 and len(list((tmp_path / "runs").glob("*.json"))) == 4
+    reproduce.main(args)
+    assert len(trained) == 4
+    table = (tmp_path / "ablation.md").read_text()
+    records = [json.loads(path.read_text()) for path in (tmp_path / "runs").glob("*normalised*.json")]
+    values = [record["metrics"]["avg_R"] for record in records]
+    mean, half = interval(values)
+    assert f"| ViCLIP-OT, normalised plan | perfect | 2 | {mean:.1f} ± {half:.1f} |" in table
+    assert half == pytest.approx(12.706 * abs(values[0] - values[1]) / 2, rel=1e-3)  # t(0.975, 1) s / sqrt(2)
+    assert (tmp_path / "ablation.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypatch):
+    """`reproduce.py --suite paper` on the fixture corpora with tiny towers and one step per config: dedupe reports,
+    teacher file, the seven configs trained and evaluated on the paper's suite, the table beside the paper's
+    numbers; a second call reuses everything."""
+    import reproduce
+    import train
+    from viclip_ot.small_towers import save_small_text_tower
+    from viclip_ot.study.design import PAPER_AVG_R, PAPER_CONFIGS
+
+    root = tmp_path / "data"
+    write_uit(root / "uit-openviic", truncate=None)
+    write_ktvic(root / "ktvic")
+    write_crossmodal(root / "crossmodal3600")
+    sscd = tmp_path / "sscd.torchscript.pt"
+    torch.jit.script(Thumbnail()).save(str(sscd))
+    teacher = save_small_text_tower(tmp_path / "teacher", ["một con mèo", "hai chiếc xe", "bầu trời xanh"])
+    tiny = {
+        "small_towers": "true",
+        "image_size": "32",
+        "projection_dim": "16",
+        "vision_model_kwargs": '{"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 8}',
+        "small_text_tower_kwargs": '{"hidden_size": 32, "num_heads": 2}',
+        "max_steps": "1",
+        "per_device_train_batch_size": "2",
+        "use_cpu": "true",
+        "bf16": "false",
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "load_best_model_at_end": "false",
+        "report_to": "none",
+        "dataloader_num_workers": "0",
+        "logging_steps": "1",
+    }
+    args = [
+        "--suite",
+        "paper",
+        "--data-root",
+        str(root),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--sscd",
+        str(sscd),
+        "--teacher",
+        str(teacher),
+        "--output",
+        str(tmp_path / "paper.md"),
+    ]
+    for name, value in tiny.items():
+        args += ["--train-option", name, value]
+    trained = []
+    original = train.main
+    monkeypatch.setattr(train, "main", lambda argv: trained.append(argv) or original(argv))
+    results = reproduce.main(args)
+
+    assert (root / "dedup" / "ktvic-train.json").is_file() and (root / "dedup" / "ktvic-test.json").is_file()
+    assert (tmp_path / "work" / "teachers" / "uit-openviic-train.safetensors").is_file()
+    assert [argv[0].rsplit("/", 1)[-1] for argv in trained] == [f"{name}.yaml" for name in PAPER_CONFIGS.values()]
+    with_teacher = [argv[0].rsplit("/", 1)[-1] for argv in trained if "--teacher_embeddings" in argv]
+    assert with_teacher == ["sigrot.yaml", "viclip_ot.yaml", "visiglip_ot.yaml"]
+    table = (tmp_path / "paper.md").read_text()
+    assert list(results) == list(PAPER_CONFIGS)
+    for row, evaluations in results.items():
+        assert list(evaluations) == [
+            "UIT-OpenViIC test",
+            "KTVIC train (dedup)",
+            "KTVIC test (dedup)",
+            "Crossmodal-3600 vi",
+        ]
+        uit = evaluations["UIT-OpenViIC test"]["metrics"]["avg_R"]
+        published = PAPER_AVG_R["UIT-OpenViIC test"].get(row)
+        assert f"| {row} | {uit:.2f}" + (f" ({published:.2f})" if published else " |") in table
+    assert "(67.34)" in table and "(56.17)" in table
+    reproduce.main(args)
+    assert len(trained) == 7

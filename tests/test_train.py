@@ -1,4 +1,5 @@
-"""Training: gradient caching, DDP, resuming, Hub folders, teacher files."""
+"""Training: gradient caching, DDP, resuming, Hub folders, teacher files, diagnostics, freezing towers, the paper's
+config on the Hub tower replicas, the model card and the command-line options."""
 
 import concurrent.futures
 import json
@@ -12,11 +13,14 @@ import huggingface_hub
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CAPTIONS
 from huggingface_hub import ModelCard
-from training_setup import demo_split, gradients, make_trainer, random_teacher, small_model, tiny_demo_config
+from replicas import DINOV3_SMALL, images, timm_hub_folder
+from training_setup import batch_loss, demo_split, gradients, make_trainer, random_teacher, small_model
+from transformers import AutoModel
 
 from dataset_scripts.teacher_embeddings import TeacherEmbeddings, TeacherMismatchError
-from modeling_viclip_ot import multi_positive_clip_loss
+from modeling_viclip_ot import ViCLIPOTModel, multi_positive_clip_loss
 from viclip_ot.losses import ContrastiveOTLoss, LossSettings, sigrot_divergence, similarity_graph, transport_plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +41,7 @@ def _plain_gradients(model, trainer, batch, chunk_size):
     outputs = [model(**chunk) for chunk in chunks]
     images = torch.cat([o.image_embeds for o in outputs])
     texts = torch.cat([o.text_embeds for o in outputs])[caption_order.argsort()]
-    trainer._batch_loss(images, texts, batch, model.logit_scale.exp(), model.logit_bias).backward()
+    batch_loss(trainer, images, texts, batch, model.logit_scale.exp(), model.logit_bias).backward()
     return gradients(model)
 
 
@@ -371,7 +375,7 @@ def test_optimizer_groups_learning_rates_and_weight_decay(corpus, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Diagnostics, gradient caching without the scale, the ablation driver
+# Diagnostics, gradient caching without the scale
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -444,175 +448,125 @@ def test_logs_carry_the_diagnostics_and_warn_of_collapse(corpus, tmp_path, caplo
     assert collapse_signs({"matched_cosine": 0.02, "unmatched_cosine": 0.0, "plan_row_mass": 0.39}) == []  # untrained
 
 
-def test_scene_factor_teacher_matches_the_demo_corpus(tmp_path):
-    """The perfect teacher's row of an image is the normalised one-hot code of the factors its first caption states
-    (template "{count} {shape} {colour} {position}, nền {background}"), its captions carry that row, and the file
-    passes train.py's corpus check; the noisy one stays close to it."""
-    from dataset_scripts import demo, load_corpus
-    from viclip_ot.study.teachers import scene_factor_teacher
-
-    teacher = scene_factor_teacher()
-    train = load_corpus("demo", split="train", cache_dir=str(tmp_path / "cache"))
-    teacher.check_corpus(train)
-    tables = [
-        {str(k): v for k, v in demo.COUNTS.items()},
-        demo.SHAPES,
-        {name: phrases for name, (_, phrases) in demo.COLOURS.items()},
-        {name: phrases for name, (_, phrases) in demo.POSITIONS.items()},
-    ]
-    backgrounds = {phrase: name for name, (_, phrases) in demo.BACKGROUNDS.items() for phrase in phrases}
-    for row, captions in enumerate(train["captions"][:40]):
-        stated, rest = [], captions[0]
-        for table in tables:  # the longest phrase that starts what is left of the caption
-            value, phrase = max(
-                ((v, p) for v, ps in table.items() for p in ps if rest.startswith(p)), key=lambda pair: len(pair[1])
-            )
-            stated.append(value)
-            rest = rest[len(phrase) :].lstrip()
-        stated.append(backgrounds[rest.removeprefix(", nền ")])
-        code = torch.zeros(teacher.dimension)
-        offsets = [0, 3, 6, 10, 15]
-        for offset, table, value in zip(offsets, [*tables, demo.BACKGROUNDS], stated):
-            code[offset + list(table).index(value)] = 5**-0.5
-        torch.testing.assert_close(teacher.image_embeds[row], code)
-        torch.testing.assert_close(teacher.text_embeds[5 * row : 5 * row + 5], code.expand(5, -1))
-    noisy = scene_factor_teacher(noise=0.15)
-    assert 0.7 < (noisy.image_embeds * teacher.image_embeds).sum(1).mean() < 0.95
+# ---------------------------------------------------------------- training options on any tower
 
 
-@pytest.mark.slow
-def test_ablation_driver_resumes_and_reports(tmp_path, monkeypatch):
-    """Two quick runs of the demo study (a few steps): one JSON per finished run, a rerun trains nothing, the
-    table and figure hold every run with its interval over seeds."""
-    import reproduce
-    from viclip_ot.study import runs
-    from viclip_ot.study.statistics import interval
+@pytest.mark.parametrize(
+    "architecture, kwargs, blocks, frozen",
+    [
+        ("vit_small_patch16_dinov3", DINOV3_SMALL, 1, ("cls_token", "reg_token", "patch_embed.", "blocks.0.")),
+        (
+            "convnext_atto",
+            {"depths": (1, 2, 1, 1), "dims": (8, 16, 24, 32)},
+            2,
+            ("stem.", "stages.0.", "stages.1.downsample.", "stages.1.blocks.0."),
+        ),
+    ],
+)
+def test_freeze_image_blocks_on_any_timm_tower(architecture, kwargs, blocks, frozen, sbert_dir, tmp_path):
+    from viclip_ot.trainer import freeze
 
-    trained = []
-    original = runs.train_run
-    monkeypatch.setattr(runs, "train_run", lambda *a: trained.append(a) or original(*a))
-    small = tiny_demo_config(tmp_path / "small.yaml")
-    args = [
-        "--config",
-        str(small),
-        "--rows",
-        "CLIP",
-        "ViCLIP-OT, normalised plan",
-        "--teachers",
-        "perfect",
-        "--seeds",
-        "0",
-        "1",
-        "--epochs",
-        "1",
-        "--train-images",
-        "16",
-        "--runs",
-        str(tmp_path / "runs"),
-        "--work-dir",
-        str(tmp_path / "work"),
-        "--output",
-        str(tmp_path / "ablation.md"),
-    ]
-    reproduce.main(args)
-    assert len(trained) == 4 and len(list((tmp_path / "runs").glob("*.json"))) == 4
-    reproduce.main(args)
-    assert len(trained) == 4
-    table = (tmp_path / "ablation.md").read_text()
-    records = [json.loads(path.read_text()) for path in (tmp_path / "runs").glob("*normalised*.json")]
-    values = [record["metrics"]["avg_R"] for record in records]
-    mean, half = interval(values)
-    assert f"| ViCLIP-OT, normalised plan | perfect | 2 | {mean:.1f} ± {half:.1f} |" in table
-    assert half == pytest.approx(12.706 * abs(values[0] - values[1]) / 2, rel=1e-3)  # t(0.975, 1) s / sqrt(2)
-    assert (tmp_path / "ablation.png").stat().st_size > 0
+    folder, _ = timm_hub_folder(tmp_path / "tower", architecture, kwargs)
+    model = ViCLIPOTModel.from_towers(folder, sbert_dir, crop_size=32, projection_dim=16)
+    freeze(model, image_blocks=blocks)
+    for name, parameter in model.vision_model.named_parameters():
+        assert parameter.requires_grad == (not name.startswith(frozen)), name
+    assert all(p.requires_grad for p in model.text_model.parameters())
+    inputs = model.processor(text=CAPTIONS[:2])
+    model(**inputs, pixel_values=images(count=2), return_loss=True).loss.backward()
+    assert all((p.grad is None) != p.requires_grad for p in model.vision_model.parameters())
 
 
-class _Thumbnail(torch.nn.Module):
-    """A toy near-duplicate descriptor in SSCD's TorchScript form: the mean-centred 8x8 thumbnail, L2-normalised."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        thumb = torch.nn.functional.adaptive_avg_pool2d(x, 8)
-        return torch.nn.functional.normalize((thumb - thumb.mean(dim=(2, 3), keepdim=True)).flatten(1), dim=1)
+# ---------------------------------------------------------------- the paper's config on the replicas, the model card
 
 
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
-def test_reproduce_paper_suite_end_to_end_on_fixture_corpora(tmp_path, monkeypatch):
-    """`reproduce.py --suite paper` on the fixture corpora with tiny towers and one step per config: dedupe reports,
-    teacher file, the seven configs trained and evaluated on the paper's suite, the table beside the paper's
-    numbers; a second call reuses everything."""
-    from corpus_fixtures import write_crossmodal, write_ktvic, write_uit
+def test_paper_config_trains_on_the_replicas_with_the_demo_corpus(tower_dirs, sbert_dir, tmp_path, monkeypatch):
+    """`train.py configs/viclip_ot.yaml --dataset demo --data_dir ''` with the replica towers as Hub towers."""
+    from train import main
 
-    import reproduce
-    import train
-    from viclip_ot.small_towers import save_small_text_tower
-    from viclip_ot.study.design import PAPER_AVG_R, PAPER_CONFIGS
-
-    root = tmp_path / "data"
-    write_uit(root / "uit-openviic", truncate=None)
-    write_ktvic(root / "ktvic")
-    write_crossmodal(root / "crossmodal3600")
-    sscd = tmp_path / "sscd.torchscript.pt"
-    torch.jit.script(_Thumbnail()).save(str(sscd))
-    teacher = save_small_text_tower(tmp_path / "teacher", ["một con mèo", "hai chiếc xe", "bầu trời xanh"])
-    tiny = {
-        "small_towers": "true",
-        "image_size": "32",
-        "projection_dim": "16",
-        "vision_model_kwargs": '{"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 8}',
-        "small_text_tower_kwargs": '{"hidden_size": 32, "num_heads": 2}',
-        "max_steps": "1",
-        "per_device_train_batch_size": "2",
-        "use_cpu": "true",
-        "bf16": "false",
-        "eval_strategy": "no",
-        "save_strategy": "no",
-        "load_best_model_at_end": "false",
-        "report_to": "none",
-        "dataloader_num_workers": "0",
-        "logging_steps": "1",
-    }
-    args = [
-        "--suite",
-        "paper",
-        "--data-root",
-        str(root),
-        "--work-dir",
-        str(tmp_path / "work"),
-        "--sscd",
-        str(sscd),
-        "--teacher",
-        str(teacher),
-        "--output",
-        str(tmp_path / "paper.md"),
-    ]
-    for name, value in tiny.items():
-        args += ["--train-option", name, value]
-    trained = []
-    original = train.main
-    monkeypatch.setattr(train, "main", lambda argv: trained.append(argv) or original(argv))
-    results = reproduce.main(args)
-
-    assert (root / "dedup" / "ktvic-train.json").is_file() and (root / "dedup" / "ktvic-test.json").is_file()
-    assert (tmp_path / "work" / "teachers" / "uit-openviic-train.safetensors").is_file()
-    assert [argv[0].rsplit("/", 1)[-1] for argv in trained] == [f"{name}.yaml" for name in PAPER_CONFIGS.values()]
-    with_teacher = [argv[0].rsplit("/", 1)[-1] for argv in trained if "--teacher_embeddings" in argv]
-    assert with_teacher == ["sigrot.yaml", "viclip_ot.yaml", "visiglip_ot.yaml"]
-    table = (tmp_path / "paper.md").read_text()
-    assert list(results) == list(PAPER_CONFIGS)
-    for row, evaluations in results.items():
-        assert list(evaluations) == [
-            "UIT-OpenViIC test",
-            "KTVIC train (dedup)",
-            "KTVIC test (dedup)",
-            "Crossmodal-3600 vi",
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    output = tmp_path / "run"
+    main(
+        [
+            "configs/viclip_ot.yaml",
+            "--dataset",
+            "demo",
+            "--data_dir",
+            "",
+            "--loss_type",
+            "clip",
+            "--vision_tower",
+            str(tower_dirs["dinov3-resized"][0]),
+            "--text_tower",
+            str(sbert_dir),
+            "--corpus_options",
+            json.dumps({"train_size": 8, "validation_size": 4, "test_size": 0, "image_size": 32}),
+            "--image_size",
+            "32",
+            "--projection_dim",
+            "16",
+            "--output_dir",
+            str(output),
+            "--bf16",
+            "false",
+            "--use_cpu",
+            "true",
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--gradcache_chunk_size",
+            "2",
+            "--per_device_eval_batch_size",
+            "4",
+            "--dataloader_num_workers",
+            "0",
+            "--report_to",
+            "none",
+            "--freeze_image_blocks",
+            "1",
         ]
-        uit = evaluations["UIT-OpenViIC test"]["metrics"]["avg_R"]
-        published = PAPER_AVG_R["UIT-OpenViIC test"].get(row)
-        assert f"| {row} | {uit:.2f}" + (f" ({published:.2f})" if published else " |") in table
-    assert "(67.34)" in table and "(56.17)" in table
-    reproduce.main(args)
-    assert len(trained) == 7
+    )
+    model = AutoModel.from_pretrained(output / "final", trust_remote_code=True).eval()
+    assert model.config.vision_model_kwargs["embed_dim"] == 32  # the export's model_args
+    assert model.encode_text(CAPTIONS).shape == (4, 16)
+    card = (output / "final" / "README.md").read_text()
+    assert "\n# run\n" in card and str(sbert_dir) not in card.split("---")[1]  # local towers are no base_model
+
+
+def test_model_card_names_hub_ids_rounds_values_and_titles_the_model(tower_dirs, sbert_dir, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from viclip_ot.model_card import write_model_card
+
+    model = ViCLIPOTModel.from_towers(tower_dirs["convnext-official"][0], sbert_dir, projection_dim=16)
+    towers = [
+        "vit_base_patch16_dinov3.lvd1689m",
+        "keepitreal/vietnamese-sbert",
+        "hf-hub:timm/convnext_base.dinov3_lvd1689m",
+        "convnext_atto",
+        str(sbert_dir),
+    ]
+    write_model_card(
+        tmp_path,
+        model.config,
+        model_name="viclip-ot-uit",
+        results={"t2i_R@1": 28.599999999999998},
+        dataset_name="uit-openviic",
+        base_models=towers,
+    )
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model == [
+        "timm/vit_base_patch16_dinov3.lvd1689m",
+        "keepitreal/vietnamese-sbert",
+        "timm/convnext_base.dinov3_lvd1689m",
+        "timm/convnext_atto.d2_in1k",
+    ]
+    assert card.data.eval_results[0].metric_value == 28.6 and "28.599999" not in card.content
+    assert "\n# viclip-ot-uit\n" in card.content
+
+
+# ---------------------------------------------------------------- command-line options
 
 
 def test_options_from_yaml_and_flags(tmp_path):
@@ -642,3 +596,13 @@ def test_options_from_yaml_and_flags(tmp_path):
         parse_arguments([str(config)])
     with pytest.raises(ValueError, match="--corpus_options: not a JSON object"):
         parse_arguments(["--corpus_options", "{language: vi"])
+
+
+def test_data_dir_can_be_unset_from_the_command_line():
+    from viclip_ot.arguments import parse_arguments
+
+    flags = ["--dataset", "demo", "--data_dir", "", "--bf16", "false"]
+    _, data, _, _ = parse_arguments(["configs/viclip_ot.yaml", *flags])
+    assert data.dataset == "demo" and data.data_dir is None
+    _, data, _, _ = parse_arguments(["configs/viclip_ot.yaml", "--bf16", "false"])
+    assert data.data_dir == "data/uit-openviic"

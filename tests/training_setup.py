@@ -66,6 +66,20 @@ def make_trainer(model, output_dir, train_dataset=None, teacher=None, loss_type=
     return trainer, collator
 
 
+def batch_loss(trainer, image_embeds, text_embeds, batch, scale, bias=None):
+    """The loss the trainer is configured with (`trainer.loss_fn`) on these embeddings of `batch` and its teacher
+    rows, with the logit `scale` and `bias`."""
+    return trainer.loss_fn(
+        image_embeds,
+        text_embeds,
+        batch["caption_image_index"],
+        scale,
+        bias,
+        teacher_image_embeds=batch.get("teacher_image_embeds"),
+        teacher_text_embeds=batch.get("teacher_text_embeds"),
+    ).loss
+
+
 def gradients(model):
     return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
 
