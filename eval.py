@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 
 from dataset_scripts import CORPORA
-from dataset_scripts.loading import parse_option
+from dataset_scripts.loading import add_corpus_option_argument
 from viclip_ot.cli import run
 from viclip_ot.encoders import load_encoder
 from viclip_ot.evaluation import EvalSet, evaluate_encoder, paper_suite
@@ -52,14 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="test")
     parser.add_argument("--dedup-report", help="remove the near-duplicates listed by python -m dataset_scripts.dedupe")
     parser.add_argument("--language", help="caption language (crossmodal3600), e.g. vi")
-    parser.add_argument(
-        "--option",
-        type=parse_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="another corpus option, e.g. test_size=50 for demo",
-    )
+    add_corpus_option_argument(parser, "--option", "another corpus option, e.g. test_size=50 for demo")
     parser.add_argument(
         "--data-root",
         help="--suite paper: holds uit-openviic/, ktvic/, crossmodal3600/ and dedup/ktvic-{train,test}.json",

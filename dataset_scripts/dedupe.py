@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from viclip_ot.files import atomic_write
 
 from ._common import CorpusError
-from .loading import CORPORA, canonical_split, load_corpus, parse_option
+from .loading import CORPORA, add_corpus_option_argument, canonical_split, load_corpus
 from .report import FORMAT, ids_fingerprint, write_report
 
 SSCD_IMAGE_SIZE = 320
@@ -183,14 +183,7 @@ def main(argv=None) -> dict:
         )
         parser.add_argument(f"--{side}-dir", help="the corpus folder as downloaded")
         parser.add_argument(f"--{side}-split", default=split, required=split is None)
-        parser.add_argument(
-            f"--{side}-option",
-            type=parse_option,
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="a corpus option, e.g. language=vi",
-        )
+        add_corpus_option_argument(parser, f"--{side}-option", "a corpus option, e.g. language=vi")
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", help="TorchScript descriptor, e.g. sscd_disc_mixup.torchscript.pt")
     model.add_argument("--timm-model", help="a timm model name (pretrained weights) to use as the descriptor")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import datasets
 
-from .loading import CORPORA, canonical_split, load_corpus, parse_option
+from .loading import CORPORA, add_corpus_option_argument, canonical_split, load_corpus
 
 
 def export_corpus(
@@ -50,14 +50,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--corpus", choices=list(CORPORA), required=True)
     parser.add_argument("--data-dir", help="the corpus folder as downloaded (none for demo)")
     parser.add_argument("--split", help="one split (default: all)")
-    parser.add_argument(
-        "--option",
-        type=parse_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a corpus option, e.g. language=vi",
-    )
+    add_corpus_option_argument(parser, "--option", "a corpus option, e.g. language=vi")
     parser.add_argument("--dedup-report", help="a report from dataset_scripts.dedupe to apply first")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also push to this Hub dataset repo")

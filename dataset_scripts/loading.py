@@ -38,6 +38,11 @@ def parse_option(text: str) -> tuple[str, object]:
     return key, int(value) if value.lstrip("-").isdigit() else value
 
 
+def add_corpus_option_argument(parser, flag="--option", help="a corpus option, e.g. language=vi"):
+    """Add the repeatable `flag KEY=VALUE` corpus option to `parser` (a list of (key, value) pairs)."""
+    parser.add_argument(flag, type=parse_option, action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def corpus_options(name: str) -> list[str]:
     """The `**options` a corpus takes (fields of its builder config beyond `datasets.BuilderConfig`)."""
     base = {field.name for field in dataclasses.fields(datasets.BuilderConfig)}

@@ -252,13 +252,13 @@ def main(argv=None):
     from accelerate import Accelerator
 
     from dataset_scripts import load_corpus
-    from dataset_scripts.loading import parse_option
+    from dataset_scripts.loading import add_corpus_option_argument
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", required=True, help="uit-openviic, ktvic, crossmodal3600, json or demo")
     parser.add_argument("--data-dir")
     parser.add_argument("--split", required=True)
-    parser.add_argument("--option", action="append", type=parse_option, default=[], help="corpus option KEY=VALUE")
+    add_corpus_option_argument(parser, "--option", "corpus option KEY=VALUE")
     parser.add_argument("--teacher", default="Qwen/Qwen3-VL-Embedding-2B", help="Hub id or folder")
     parser.add_argument("--output", required=True, help=".safetensors file to write")
     parser.add_argument("--batch-size", type=int, default=32)

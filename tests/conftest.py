@@ -2,6 +2,7 @@
 photographs."""
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported: it reads this once
 
@@ -94,3 +95,10 @@ def demo_model(demo_model_dir):
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(demo_model_dir, trust_remote_code=True).eval()
+
+
+def two_process_launch(port):
+    """The command line that runs a module or script in two CPU processes under `accelerate launch` on `port`
+    (with `ACCELERATE_USE_CPU=true` in the environment)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    return [*launch, "--main_process_port", str(port)]

@@ -11,6 +11,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import two_process_launch
 from search_fixtures import REPO, save_demo_model, write_demo_images
 from transformers import AutoModel
 
@@ -197,14 +198,7 @@ def test_cli_index_with_two_processes(demo_model_dir, images, tmp_path):
     """`accelerate launch` with 2 CPU processes: each encodes a share; the saved index equals a one-process one."""
     env = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        "29531",
+        *two_process_launch(29531),
         "-m",
         "viclip_ot.search",
         "index",

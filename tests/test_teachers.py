@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CAPTIONS
+from conftest import CAPTIONS, two_process_launch
 from replicas import sbert_reference
 from sentence_transformers import SentenceTransformer
 from transformers import AutoProcessor
@@ -66,14 +66,7 @@ def test_teacher_script_on_one_and_two_processes_with_a_text_only_teacher(sbert_
     launches = {
         "one": [sys.executable, "-m", "dataset_scripts.teacher_embeddings"],
         "two": [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--main_process_port",
-            "29533",
+            *two_process_launch(29533),
             "-m",
             "dataset_scripts.teacher_embeddings",
         ],

@@ -13,7 +13,7 @@ import huggingface_hub
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CAPTIONS
+from conftest import CAPTIONS, two_process_launch
 from huggingface_hub import ModelCard
 from replicas import DINOV3_SMALL, images, timm_hub_folder
 from training_setup import batch_loss, demo_split, gradients, make_trainer, random_teacher, small_model
@@ -153,14 +153,7 @@ def test_two_process_ddp_equals_one_process_on_the_union(corpus, tmp_path):
     teacher.save(tmp_path / "teacher.safetensors")
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        "29517",
+        *two_process_launch(29517),
         str(REPO / "tests" / "ddp_worker.py"),
         str(tmp_path),
         str(folder / "cache"),

@@ -34,7 +34,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 
 from dataset_scripts import CORPORA, CorpusError, load_corpus
-from dataset_scripts.loading import parse_option
+from dataset_scripts.loading import add_corpus_option_argument
 from modeling_viclip_ot import ViCLIPOTModel
 
 from .files import write_text
@@ -329,9 +329,7 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", help="--corpus: the folder as downloaded (not for demo)")
     parser.add_argument("--split", default="test", help="--corpus: the split (default: test)")
     parser.add_argument("--dedup-report", help="--corpus: remove the near-duplicates listed in this report")
-    parser.add_argument(
-        "--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE", help="--corpus option"
-    )
+    add_corpus_option_argument(parser, "--option", "--corpus option")
     parser.add_argument("--cache-dir", help="--corpus: where built corpora are cached")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", help="default: CUDA when available")
