@@ -153,6 +153,7 @@ def main():
     parser.add_argument("--types", nargs="+", default=["ivfpq"], help="index types (opq trains slowly at 768-d)")
     parser.add_argument("--nprobe", type=int, default=32)
     parser.add_argument("--pq-m", type=int, default=64)
+    parser.add_argument("--rerank", type=int, default=10, help="candidates per hit re-scored exactly")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--work-dir", help="where the shards and index go (default: the temporary folder)")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -164,7 +165,8 @@ def main():
     for size in args.sizes:
         for data in args.data:
             for index_type in args.types:
-                options = {"nprobe": args.nprobe, "pq_m": args.pq_m} if index_type in ("ivfpq", "opq") else {}
+                compressed = index_type in ("ivfpq", "opq")
+                options = {"nprobe": args.nprobe, "pq_m": args.pq_m, "rerank": args.rerank} if compressed else {}
                 rows += measure(size, data, index_type, options, args, rng)
     headers = ["images", "data", "index", "options", "filter", "shards s", "build s"]
     headers += ["build peak GiB (all / anonymous)", "disk / FAISS GiB"]
