@@ -96,7 +96,7 @@ def search_photos(index, text=None, upload=None, image_weight=0.5, k=12, folder=
     if not 0 <= float(image_weight) <= 1:
         raise gr.Error(f"Trọng số ảnh phải trong [0, 1] (the image weight must be in [0, 1]): {image_weight}")
     folder = (folder or "").strip("/")
-    if folder and not pc.any(pc.starts_with(index.dataset.with_format("arrow")["path"], folder + "/")).as_py():
+    if folder and folder not in folders(index):
         raise gr.Error(f"Không có thư mục này trong chỉ mục (no such folder in the index): {folder!r}")
     start, end = parse_date(taken_from, "Chụp từ ngày (taken from)"), parse_date(taken_to, "đến ngày (taken to)")
     if start and end and start > end:
