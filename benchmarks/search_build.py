@@ -57,7 +57,7 @@ def write_shards(folder: Path, count: int, draw) -> float:
             "size": [1000 + row for row in ids],
             "mtime_ns": [START + row * step for row in ids],
             "taken_ns": [START + row * step for row in ids],
-            "embedding": list(vectors),
+            "embedding": vectors,
             "error": [""] * rows,
         }
         write_shard(folder / "work", shard, DIM, "synthetic")

@@ -379,6 +379,19 @@ def _row_features() -> datasets.Features:
     )
 
 
+KEY = ["path", "size", "mtime_ns"]  # a file is encoded again when one of these changes
+FOUND_SCHEMA = pa.schema(
+    [("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("taken_ns", pa.int64())]
+    + [("error", pa.string()), ("source", pa.int32()), ("row", pa.int64())]
+)
+
+
+def files_table(files: list[tuple[str, int, int]]) -> pa.Table:
+    """`(path, size, mtime_ns)` triples as an Arrow table of the `KEY` columns."""
+    columns = list(zip(*files)) or [[], [], []]
+    return pa.table({name: pa.array(column, FOUND_SCHEMA.field(name).type) for name, column in zip(KEY, columns)})
+
+
 def _shard_features(dim: int) -> datasets.Features:
     return datasets.Features(
         {
@@ -604,7 +617,8 @@ class ImageIndex:
         if not rebuild:
             self._reopen()  # another writer may have committed since this index was loaded
         found, _ = self._reusable(include_index=not rebuild)
-        todo = [file for file in files if file not in found]
+        todo = files_table(files).join(found.select(KEY), keys=KEY, join_type="left anti").sort_by("path")
+        todo = list(zip(*(todo[column].to_pylist() for column in KEY)))
         shard_size = math.ceil(shard_size / batch_size) * batch_size  # shards end on batch boundaries
         chunks = [todo[start : start + shard_size] for start in range(0, len(todo), shard_size)]
         with state.split_between_processes(chunks) as share:
@@ -615,7 +629,7 @@ class ImageIndex:
         state.wait_for_everyone()
         if state.is_main_process:
             found, sources = self._reusable(include_index=not rebuild)
-            failures = self._commit(files, found, sources)
+            failures = self._commit(files_table(files), found, sources)
             warn_unreadable(failures)
             self.summary = {"images": len(self), "encoded": encoded, "reused": len(self) - encoded}
             self.summary["skipped"] = len(files) - len(self)
@@ -655,51 +669,52 @@ class ImageIndex:
         with FileLock(self.folder / LOCK_FILE, timeout=lock_timeout):
             self._reopen()
             found, sources = self._reusable(include_index=True)
-            warn_unreadable(self._commit(sorted(found), found, sources))
+            warn_unreadable(self._commit(found.select(KEY), found, sources))
         return self
 
-    def _reusable(self, include_index: bool):
-        """What needs no encoding: `{(path, size, mtime_ns): (source, row)}` and the sources: this index's rows (when
-        included) and the shards in `work/` written with this model, each `{"taken_ns", "error", "shard"}`."""
-        sources, found = [], {}
+    def _reusable(self, include_index: bool) -> tuple[pa.Table, list[Path | None]]:
+        """What needs no encoding, as one Arrow table (`path`, `size`, `mtime_ns`, `taken_ns`, `error` ("": none),
+        `source`, `row`: where its embedding is), a row per `(path, size, mtime_ns)`, and the sources: `None` for this
+        index's rows (when included), then the shards in `work/` written with this model. Kept in Arrow columns, not
+        Python objects, so that millions of rows take tens of bytes each."""
+        columns = [*_row_features(), "error"]
+        tables, sources = [], []
+
+        def add(table: pa.Table, source: Path | None) -> None:
+            if "error" not in table.column_names:
+                table = table.append_column("error", pa.array([""] * len(table), pa.string()))
+            table = table.select(columns).append_column("source", pa.array(np.full(len(table), len(sources), np.int32)))
+            tables.append(table.append_column("row", pa.array(np.arange(len(table)))))
+            sources.append(source)
+
         if include_index and len(self):
-            columns = self.dataset[:]
-            sources.append({"taken_ns": columns["taken_ns"], "error": None, "shard": None})
-            for row, key in enumerate(zip(columns["path"], columns["size"], columns["mtime_ns"])):
-                found[key] = (0, row)
+            add(self.dataset.with_format("arrow")[:], None)
         if (self._work / WORK_MODEL_FILE).is_file():
             written_by = json.loads((self._work / WORK_MODEL_FILE).read_text())["model_fingerprint"]
-            shards = sorted(self._work.glob("shard-*")) if written_by == self.fingerprint else []
-            for shard in shards:
-                columns = datasets.load_from_disk(str(shard)).select_columns(list(_row_features()) + ["error"])[:]
-                sources.append({"taken_ns": columns["taken_ns"], "error": columns["error"], "shard": shard})
-                for row, key in enumerate(zip(columns["path"], columns["size"], columns["mtime_ns"])):
-                    found.setdefault(key, (len(sources) - 1, row))
-        return found, sources
+            for shard in sorted(self._work.glob("shard-*")) if written_by == self.fingerprint else []:
+                add(datasets.load_from_disk(str(shard)).select_columns(columns).with_format("arrow")[:], shard)
+        if not tables:
+            return FOUND_SCHEMA.empty_table(), sources
+        table = pa.concat_tables(tables).combine_chunks()
+        first = table.append_column("order", pa.array(np.arange(len(table))))
+        first = first.group_by(KEY, use_threads=False).aggregate([("order", "min")])["order_min"]
+        return table.take(pc.sort_indices(first)), sources  # the first source holding a key wins
 
-    def _commit(self, files, found, sources) -> list[tuple[str, str]]:
-        """Write a new version of the index from `sources` (see [`_reusable`]) for `files`, then make it current;
-        the unreadable files' `(path, error)`."""
-        kept, failures = [], []
-        for file in files:
-            source, row = found[file]
-            error = sources[source]["error"]
-            if error is not None and error[row]:
-                failures.append((file[0], error[row]))
-            else:
-                kept.append((file, source, row))
-        if not kept:
+    def _commit(self, files: pa.Table, found: pa.Table, sources) -> list[tuple[str, str]]:
+        """Write a new version of the index for `files` (a table of `path`, `size`, `mtime_ns`) from `found` and
+        `sources` (see [`_reusable`]), then make it current; the unreadable files' `(path, error)`."""
+        matched = found.join(files.select(KEY), keys=KEY, join_type="inner").sort_by("path")
+        failed = pc.not_equal(matched["error"], "")
+        unreadable = matched.filter(failed)
+        failures = list(zip(unreadable["path"].to_pylist(), unreadable["error"].to_pylist()))
+        kept = matched.filter(pc.invert(failed))
+        if not len(kept):
             raise ValueError(f"none of the {len(files)} image files in {self.root} could be read")
         version = f"v-{uuid.uuid4().hex[:12]}"
         folder = self.folder / version
         folder.mkdir()
         write_embeddings(folder / EMBEDDINGS_FILE, self._gather(kept, sources), len(kept), self.dimension)
-        rows = {
-            "path": [path for (path, _, _), _, _ in kept],
-            "size": [size for (_, size, _), _, _ in kept],
-            "mtime_ns": [mtime for (_, _, mtime), _, _ in kept],
-            "taken_ns": [sources[source]["taken_ns"][row] for _, source, row in kept],
-        }
+        rows = {column: kept[column] for column in _row_features()}
         with _quiet_datasets():
             datasets.Dataset.from_dict(rows, features=_row_features()).save_to_disk(str(folder / ROWS_FOLDER))
         index_type, options = self._resolved_index(len(kept))
@@ -722,30 +737,28 @@ class ImageIndex:
             "faiss_index": index_type,
             "num_images": len(kept),
             "dimension": self.dimension,
-            "committed_shards": [source["shard"].name for source in sources if source["shard"] is not None],
+            "committed_shards": [shard.name for shard in sources if shard is not None],
         }
         _write_json(self.folder / METADATA_FILE, metadata)  # the commit: from here on the new version is current
         self._clean(metadata)
         self._reopen(metadata)
         return failures
 
-    def _gather(self, kept, sources):
-        """The embeddings of `kept` rows, `READ_BLOCK` rows at a time, read from their sources."""
+    def _gather(self, kept: pa.Table, sources):
+        """The embeddings of the `kept` rows (in order), `READ_BLOCK` rows at a time, read from their sources."""
         current = EmbeddingsFile(self.folder / self.version / EMBEDDINGS_FILE) if self.version else None
+        source_of, row_of = kept["source"].to_numpy(), kept["row"].to_numpy()
         for start in range(0, len(kept), READ_BLOCK):
-            block = kept[start : start + READ_BLOCK]
-            embeddings = np.empty((len(block), self.dimension), np.float32)
-            by_source = {}
-            for position, (_, source, row) in enumerate(block):
-                by_source.setdefault(source, []).append((row, position))
-            for source, pairs in by_source.items():
-                rows, positions = map(list, zip(*pairs))
-                shard = sources[source]["shard"]
-                if shard is None:
+            block_sources, block_rows = source_of[start : start + READ_BLOCK], row_of[start : start + READ_BLOCK]
+            embeddings = np.empty((len(block_rows), self.dimension), np.float32)
+            for source in np.unique(block_sources):
+                positions = np.flatnonzero(block_sources == source)
+                rows = block_rows[positions]
+                if sources[source] is None:
                     embeddings[positions] = current[rows]
-                else:
-                    dataset = datasets.load_from_disk(str(shard)).with_format("numpy", columns=["embedding"])
-                    embeddings[positions] = dataset[rows]["embedding"]
+                else:  # opened for this block only, so that its memory-mapped pages are let go
+                    shard = datasets.load_from_disk(str(sources[source])).with_format("numpy", columns=["embedding"])
+                    embeddings[positions] = shard[rows.tolist()]["embedding"]
             yield embeddings
 
     def _resolved_index(self, num_vectors: int) -> tuple[str, dict]:
@@ -1084,7 +1097,10 @@ def _quiet_datasets():
 def write_shard(work: Path, rows: dict, dim: int, fingerprint: str) -> Path:
     """Write one shard of rows encoded by the model with `fingerprint` (columns of [`_shard_features`]) into the
     folder `work` (an index's `work/`) atomically: a `datasets` dataset saved to a temporary folder, then renamed
-    `shard-*`. Shards written by another model are ignored."""
+    `shard-*`. Shards written by another model are ignored. `rows["embedding"]`: an `(n, dim)` array (or n
+    vectors), handed to Arrow as one buffer."""
+    vectors = np.ascontiguousarray(rows["embedding"], np.float32).reshape(-1)
+    rows = {**rows, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors), dim)}
     work.mkdir(parents=True, exist_ok=True)
     if not (work / WORK_MODEL_FILE).is_file():
         _write_json(work / WORK_MODEL_FILE, {"model_fingerprint": fingerprint})
