@@ -5,9 +5,10 @@
 writes (`write_shard`, 16,384 rows each), then a fresh process commits them (`ImageIndex.commit_shards`: embeddings
 copied into one `.npy`, FAISS trained on a sample and filled block by block) and reports its build seconds and peak
 resident memory (VmHWM) and peak anonymous memory (RssAnon, sampled). Queries (one at a time, p50 / p99 over
-`--queries`) go through `ImageIndex.search_embeddings` (re-ranking included); recall@10 is the overlap with the
-exact top 10 of the same filter (a scan of the memory-mapped embeddings). Filtered queries: the images under one
-folder (a quarter of them) and the images of one week (about 0.2 %).
+`--queries`) go through `ImageIndex.search_embeddings` (re-ranking included), for each `--nprobe` x `--rerank`
+setting of the one index built; recall@10 is the overlap with the exact top 10 of the same filter (a scan of the
+memory-mapped embeddings). Filtered queries: the images under one folder (a quarter of them) and the images of one
+week (about 0.2 %).
 
     python benchmarks/search_build.py --sizes 100000 1000000      # writes benchmarks/results/search-build.md
     python benchmarks/search_build.py --sizes 1000000 --data clustered --output OTHER.md
@@ -22,6 +23,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import faiss
 import numpy as np
 from _measure import environment, load_average, markdown_table, run_worker, write_results
 from search import DIM, LATENT_DIM, latent_unit_vectors, unit_vectors
@@ -102,6 +104,7 @@ def latency(index, queries, **filters):
 
 
 def measure(size, data, index_type, options, args, rng):
+    """Build one index of `size` vectors, then measure each search setting (nprobe x rerank) with each filter."""
     with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
         draw = sampler(data, size, rng)
         write_seconds = write_shards(Path(work), size, draw)
@@ -111,36 +114,44 @@ def measure(size, data, index_type, options, args, rng):
         disk = sum(path.stat().st_size for path in version.rglob("*") if path.is_file()) / 2**30
         faiss_size = (version / FAISS_FILE).stat().st_size / 2**30 if (version / FAISS_FILE).exists() else 0.0
         queries = draw(args.queries)
-        rows = []
         week = (datetime(2020, 6, 1), datetime(2020, 6, 8))
-        for name, filters in [
-            ("none", {}),
-            ("folder (25 %)", {"folder": "folder1"}),
-            ("one week (~0.2 %)", {"taken_after": week[0], "taken_before": week[1]}),
-        ]:
-            p50, p99, found = latency(index, queries, **filters)
-            index_approximate, index.faiss_index = index.faiss_index, None  # the exact answer: a scan of all rows
-            truth = [[hit["path"] for hit in hits] for hits in index.search_embeddings(queries, 10, **filters)]
-            index.faiss_index = index_approximate
-            recall = np.mean([len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(found, truth)])
-            all_k = all(len(a) == len(b) for a, b in zip(found, truth))
-            rows.append(
-                [
-                    f"{size:,}",
-                    data,
-                    index_type,
-                    json.dumps(options) if options else "",
-                    name,
-                    f"{write_seconds:.0f}",
-                    f"{built['seconds']:.0f}",
-                    f"{built['peak'] / 2**30:.2f} / {built['peak_anon'] / 2**30:.2f}",
-                    f"{disk:.2f} / {faiss_size:.3f}",
-                    f"{p50:.1f} / {p99:.1f}",
-                    f"{recall:.3f}",
-                    "yes" if all_k else "no",
-                ]
-            )
-            print(" | ".join(rows[-1]), flush=True)
+        filters = [("none", {}), ("folder (25 %)", {"folder": "folder1"})]
+        filters.append(("one week (~0.2 %)", {"taken_after": week[0], "taken_before": week[1]}))
+        truths = {}
+        index_approximate, index.faiss_index = index.faiss_index, None  # the exact answer: a scan of all rows
+        for name, where in filters:
+            truths[name] = [[hit["path"] for hit in hits] for hits in index.search_embeddings(queries, 10, **where)]
+        index.faiss_index = index_approximate
+        settings = [{}]
+        if index_type in ("ivfpq", "opq"):
+            settings = [{"nprobe": nprobe, "rerank": rerank} for nprobe in args.nprobe for rerank in args.rerank]
+        rows = []
+        for setting in settings:
+            if setting:  # search-time settings of the loaded index, as a user would change them
+                faiss.extract_index_ivf(index.faiss_index).nprobe = setting["nprobe"]
+                index.index_options["rerank"] = setting["rerank"]
+            for name, where in filters:
+                p50, p99, found = latency(index, queries, **where)
+                truth = truths[name]
+                recall = np.mean([len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(found, truth)])
+                all_k = all(len(a) == len(b) for a, b in zip(found, truth))
+                rows.append(
+                    [
+                        f"{size:,}",
+                        data,
+                        index_type,
+                        json.dumps({**options, **setting}) if options or setting else "",
+                        name,
+                        f"{write_seconds:.0f}",
+                        f"{built['seconds']:.0f}",
+                        f"{built['peak'] / 2**30:.2f} / {built['peak_anon'] / 2**30:.2f}",
+                        f"{disk:.2f} / {faiss_size:.3f}",
+                        f"{p50:.1f} / {p99:.1f}",
+                        f"{recall:.3f}",
+                        "yes" if all_k else "no",
+                    ]
+                )
+                print(" | ".join(rows[-1]), flush=True)
         return rows
 
 
@@ -151,9 +162,9 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--data", nargs="+", choices=["latent", "clustered"], default=["latent"])
     parser.add_argument("--types", nargs="+", default=["ivfpq"], help="index types (opq trains slowly at 768-d)")
-    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[256], help="cells searched (each one measured)")
     parser.add_argument("--pq-m", type=int, default=64)
-    parser.add_argument("--rerank", type=int, default=10, help="candidates per hit re-scored exactly")
+    parser.add_argument("--rerank", type=int, nargs="+", default=[100], help="candidates per hit re-scored exactly")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--work-dir", help="where the shards and index go (default: the temporary folder)")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -166,7 +177,7 @@ def main():
         for data in args.data:
             for index_type in args.types:
                 compressed = index_type in ("ivfpq", "opq")
-                options = {"nprobe": args.nprobe, "pq_m": args.pq_m, "rerank": args.rerank} if compressed else {}
+                options = {"pq_m": args.pq_m} if compressed else {}
                 rows += measure(size, data, index_type, options, args, rng)
     headers = ["images", "data", "index", "options", "filter", "shards s", "build s"]
     headers += ["build peak GiB (all / anonymous)", "disk / FAISS GiB"]

@@ -11,6 +11,7 @@ import threading
 import warnings
 from datetime import datetime
 
+import faiss
 import numpy as np
 import pytest
 from filelock import FileLock
@@ -24,7 +25,9 @@ from viclip_ot.search import (
     ImageIndex,
     IndexDamagedError,
     IndexLockedError,
+    choose_index,
     main,
+    make_faiss_index,
     write_shard,
 )
 
@@ -346,6 +349,25 @@ def test_compressed_index_reranked_is_exact(tmp_path, index_type):
     approximate = [[hit["score"] for hit in hits] for hits in index.search_embeddings(queries, 10)]
     exact_scores = np.take_along_axis(queries @ vectors.T, expected, 1)
     assert np.abs(np.asarray(approximate) - exact_scores).max() > 1e-3
+
+
+def test_compressed_codes_and_the_memory_budget():
+    """IVF-PQ uses 4-bit fast-scan codes (plain PQ with fewer bits for a tiny collection) and probes a quarter of the
+    cells by default; `auto` picks, for a budget, what the bytes per vector allow (768-d, 1M vectors: IVF-Flat needs
+    1M x (3072 + 8) bytes plus 1000 centroids x 3072; IVF-PQ needs 1M x (pq_m / 2 + 8) plus the centroids)."""
+    made = [make_faiss_index("ivfpq", 768, 10_000), make_faiss_index("ivfpq", 32, 40, pq_m=4)]  # kept alive
+    index, tiny = (faiss.downcast_index(faiss.extract_index_ivf(each)) for each in made)
+    assert isinstance(index, faiss.IndexIVFPQFastScan) and (index.pq.M, index.pq.nbits) == (192, 4)
+    assert (index.nlist, index.nprobe) == (100, 25)
+    assert isinstance(tiny, faiss.IndexIVFPQ) and tiny.pq.nbits == 3
+    centroids = 1000 * 768 * 4
+    assert choose_index(100_000, 768, 1) == ("flat", {})
+    assert choose_index(1_000_000, 768, 1_000_000 * 3080 + centroids) == ("ivf", {})
+    assert choose_index(1_000_000, 768, 1_000_000 * 3080) == ("ivfpq", {"pq_m": 192, "hnsw_coarse": False})
+    budget = 1_000_000 * (49 + 8) + centroids  # room for 98 sub-quantisers; 96 is the largest dividing 768
+    assert choose_index(1_000_000, 768, budget) == ("ivfpq", {"pq_m": 96, "hnsw_coarse": False})
+    with pytest.raises(ValueError, match="cannot hold 1,000,000 vectors"):
+        choose_index(1_000_000, 768, 1_000_000 * 8)
 
 
 @pytest.mark.parametrize("index_type, options", [("ivf", {"nlist": 16, "nprobe": 1}), ("hnsw", {}), ("opq", {})])
