@@ -163,7 +163,7 @@ def main():
     parser.add_argument("--data", nargs="+", choices=["latent", "clustered"], default=["latent"])
     parser.add_argument("--types", nargs="+", default=["ivfpq"], help="index types (opq trains slowly at 768-d)")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[256], help="cells searched (each one measured)")
-    parser.add_argument("--pq-m", type=int, default=64)
+    parser.add_argument("--pq-m", type=int, help="PQ sub-quantisers (default: the index's own, dim / 12)")
     parser.add_argument("--rerank", type=int, nargs="+", default=[100], help="candidates per hit re-scored exactly")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--work-dir", help="where the shards and index go (default: the temporary folder)")
@@ -177,7 +177,7 @@ def main():
         for data in args.data:
             for index_type in args.types:
                 compressed = index_type in ("ivfpq", "opq")
-                options = {"pq_m": args.pq_m} if compressed else {}
+                options = {"pq_m": args.pq_m} if compressed and args.pq_m else {}
                 rows += measure(size, data, index_type, options, args, rng)
     headers = ["images", "data", "index", "options", "filter", "shards s", "build s"]
     headers += ["build peak GiB (all / anonymous)", "disk / FAISS GiB"]

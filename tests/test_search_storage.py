@@ -357,7 +357,7 @@ def test_compressed_codes_and_the_memory_budget():
     1M x (3072 + 8) bytes plus 1000 centroids x 3072; IVF-PQ needs 1M x (pq_m / 2 + 8) plus the centroids)."""
     made = [make_faiss_index("ivfpq", 768, 10_000), make_faiss_index("ivfpq", 32, 40, pq_m=4)]  # kept alive
     index, tiny = (faiss.downcast_index(faiss.extract_index_ivf(each)) for each in made)
-    assert isinstance(index, faiss.IndexIVFPQFastScan) and (index.pq.M, index.pq.nbits) == (192, 4)
+    assert isinstance(index, faiss.IndexIVFPQFastScan) and (index.pq.M, index.pq.nbits) == (64, 4)
     assert (index.nlist, index.nprobe) == (100, 25)
     assert isinstance(tiny, faiss.IndexIVFPQ) and tiny.pq.nbits == 3
     centroids = 1000 * 768 * 4
