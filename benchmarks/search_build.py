@@ -164,6 +164,7 @@ def main():
     parser.add_argument("--types", nargs="+", default=["ivfpq"], help="index types (opq trains slowly at 768-d)")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[256], help="cells searched (each one measured)")
     parser.add_argument("--pq-m", type=int, help="PQ sub-quantisers (default: the index's own, dim / 12)")
+    parser.add_argument("--nlist", type=int, help="IVF cells (default: the index's own, sqrt(n))")
     parser.add_argument("--rerank", type=int, nargs="+", default=[100], help="candidates per hit re-scored exactly")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--work-dir", help="where the shards and index go (default: the temporary folder)")
@@ -176,8 +177,8 @@ def main():
     for size in args.sizes:
         for data in args.data:
             for index_type in args.types:
-                compressed = index_type in ("ivfpq", "opq")
-                options = {"pq_m": args.pq_m} if compressed and args.pq_m else {}
+                given = {"pq_m": args.pq_m, "nlist": args.nlist} if index_type in ("ivfpq", "opq") else {}
+                options = {name: value for name, value in given.items() if value}
                 rows += measure(size, data, index_type, options, args, rng)
     headers = ["images", "data", "index", "options", "filter", "shards s", "build s"]
     headers += ["build peak GiB (all / anonymous)", "disk / FAISS GiB"]
