@@ -407,8 +407,9 @@ print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if 
 @pytest.mark.slow
 def test_build_memory_does_not_grow_with_the_collection(tmp_path):
     """The build (embeddings gathered from the shards into one file, IVF-PQ trained on a sample and filled in
-    a stream) of 20k and 80k 768-d vectors (61 MB and 246 MB): its peak memory grows by far less than the
-    embeddings do (only per-image metadata and PQ codes grow)."""
+    a stream) of 20k and 80k 768-d vectors (61 MB and 246 MB): its peak memory grows by less than half of what
+    the embeddings do (only per-image metadata and PQ codes grow; a build holding the embeddings would grow by all
+    of it). Measured: 45-71 MB of the 184 MB, varying from run to run with the allocators' reuse of freed blocks."""
     peaks = {}
     for count in (20_000, 80_000):
         write_synthetic_shards(tmp_path / str(count), count, 768, np.random.default_rng(0))
@@ -423,7 +424,7 @@ def test_build_memory_does_not_grow_with_the_collection(tmp_path):
         peaks[count] = int(result.stdout.split()[-1])
         assert len(ImageIndex.load(tmp_path / str(count))) == count
     growth = peaks[80_000] - peaks[20_000]
-    assert growth < 0.35 * 60_000 * 768 * 4, peaks
+    assert growth < 0.5 * 60_000 * 768 * 4, peaks
 
 
 def test_date_taken_from_exif_else_mtime(demo_model, tmp_path):
