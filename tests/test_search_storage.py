@@ -326,6 +326,36 @@ def synthetic_index(folder, count, dim, rng, index_type, **options):
     return index, vectors, paths
 
 
+def test_commit_keeps_one_row_per_file_the_index_first(tmp_path):
+    """Shards committed beside an index: a file already indexed (same path, size and mtime) keeps the index's
+    embedding even when a shard holds another one for it; a changed file (new mtime) is a new row; rows stay
+    sorted by path."""
+    rng = np.random.default_rng(3)
+    index, vectors, paths = synthetic_index(tmp_path / "i", 600, 16, rng, "flat")
+    first = index.dataset[0]
+    other = rng.standard_normal((3, 16), dtype=np.float32)
+    shard = {
+        "path": [first["path"], first["path"], "z/new.jpg"],
+        "size": [first["size"], first["size"], 1],
+        "mtime_ns": [first["mtime_ns"], first["mtime_ns"] + 1, 5],
+        "taken_ns": [first["taken_ns"], first["taken_ns"], 5],
+        "embedding": other,
+        "error": ["", "", ""],
+    }
+    write_shard(index.folder / "work", shard, 16, "synthetic")
+    index.commit_shards()
+    rows = index.dataset.to_dict()
+    assert len(index) == 602 and rows["path"] == sorted(rows["path"])
+    keys = list(zip(rows["path"], rows["size"], rows["mtime_ns"]))
+    assert len(set(keys)) == 602
+    embeddings = np.asarray(index.embeddings)
+    np.testing.assert_array_equal(embeddings[keys.index((first["path"], first["size"], first["mtime_ns"]))], vectors[0])
+    np.testing.assert_array_equal(
+        embeddings[keys.index((first["path"], first["size"], first["mtime_ns"] + 1))], other[1]
+    )
+    np.testing.assert_array_equal(embeddings[rows["path"].index("z/new.jpg")], other[2])
+
+
 def exact_top(vectors, queries, k, allowed=None):
     scores = queries @ vectors.T
     if allowed is not None:

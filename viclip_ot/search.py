@@ -684,10 +684,10 @@ class ImageIndex:
         return self
 
     def _reusable(self, include_index: bool) -> tuple[pa.Table, list[Path | None]]:
-        """What needs no encoding, as one Arrow table (`path`, `size`, `mtime_ns`, `taken_ns`, `error` ("": none),
-        `source`, `row`: where its embedding is), a row per `(path, size, mtime_ns)`, and the sources: `None` for this
-        index's rows (when included), then the shards in `work/` written with this model. Kept in Arrow columns, not
-        Python objects, so that millions of rows take tens of bytes each."""
+        """What needs no encoding, as one Arrow table sorted by path (`path`, `size`, `mtime_ns`, `taken_ns`, `error`
+        ("": none), `source`, `row`: where its embedding is), a row per `(path, size, mtime_ns)` (the first source
+        holding it), and the sources: `None` for this index's rows (when included), then the shards in `work/`
+        written with this model. Kept in Arrow columns, not Python objects: tens of bytes an image."""
         columns = [*_row_features(), "error"]
         tables, sources = [], []
 
@@ -707,18 +707,17 @@ class ImageIndex:
         if not tables:
             return FOUND_SCHEMA.empty_table(), sources
         table = pa.concat_tables(tables)
-        first = table.append_column("order", pa.array(np.arange(len(table))))
-        first = first.group_by(KEY, use_threads=False).aggregate([("order", "min")])["order_min"]
-        return table.take(pc.sort_indices(first)), sources  # the first source holding a key wins
+        table = table.take(pc.sort_indices(table, [(name, "ascending") for name in [*KEY, "source"]]))
+        same_path, same_size, same_mtime = (pc.equal(table[name][1:], table[name][:-1]) for name in KEY)
+        repeated = pc.and_(pc.and_(same_path, same_size), same_mtime)  # the key of the row before: a later source
+        return table.filter(pa.concat_arrays([pa.array([True]), *pc.invert(repeated).chunks])), sources
 
     def _commit(self, files: pa.Table | None, found: pa.Table, sources) -> list[tuple[str, str]]:
         """Write a new version of the index for `files` (a table of `path`, `size`, `mtime_ns`; `None`: all of
         `found`) from `found` and `sources` (see [`_reusable`]), then make it current; the unreadable files'
         `(path, error)`. The tables are let go as soon as they are used: at 10M images each copy is ~0.7 GB."""
         count = len(found if files is None else files)
-        if files is not None:
-            found = found.join(files.select(KEY), keys=KEY, join_type="inner")
-        kept = found.sort_by("path")
+        kept = found if files is None else found.join(files.select(KEY), keys=KEY, join_type="inner").sort_by("path")
         del found, files
         failed = pc.not_equal(kept["error"], "")
         failures = []
