@@ -67,7 +67,7 @@ WARN_EXAMPLES = 5  # unreadable files named in the warning
 TRAIN_POINTS_PER_CELL = 64  # IVF k-means sample size per cell
 TRAIN_MAX = 131_072  # FAISS training sample, at most (400 MB at 768-d)
 RERANK = 30  # compressed indexes: candidates per hit re-scored exactly from the embeddings
-MASKS_KEPT = 8  # filters whose row masks are kept
+MASKS_KEPT = 8  # filters whose row masks are kept (a byte per image each)
 EXACT_FILTER_MAX = 65_536  # a filter that leaves at most this many images is searched exactly
 # Exceptions PIL raises for a file it cannot decode (truncated, corrupt, not an image, too large).
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
