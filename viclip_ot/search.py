@@ -522,6 +522,7 @@ class ImageIndex:
         self.version = None
         self.dataset = datasets.Dataset.from_dict({column: [] for column in _row_features()}, _row_features())
         self.embeddings = np.empty((0, dimension), np.float32)
+        self._embeddings_file = None  # the open version's embeddings, read row by row for re-ranking
         self.faiss_index = None
         self._masks = {}  # [`_mask`]'s filters of the open version
         self.summary = {}
@@ -952,7 +953,7 @@ class ImageIndex:
                 continue
             if rerank:
                 found = np.sort(found)  # read, not paged in: a page fault reads ahead ~128 KB around each 3 KB row
-                found_scores = EmbeddingsFile(self.embeddings.filename)[found] @ query
+                found_scores = self._embeddings_file[found] @ query
             order = np.argsort(-found_scores, kind="stable")[:k]
             out_scores[row], out_ids[row] = found_scores[order], found[order]
         return out_scores, out_ids
@@ -1019,7 +1020,8 @@ class ImageIndex:
             return
         version = self.folder / metadata["version"]
         dataset = _read(self, version / ROWS_FOLDER, lambda path: datasets.load_from_disk(str(path)))
-        embeddings = _read(self, version / EMBEDDINGS_FILE, lambda path: EmbeddingsFile(path).memmap)
+        embeddings_file = _read(self, version / EMBEDDINGS_FILE, EmbeddingsFile)
+        embeddings = embeddings_file.memmap
         if embeddings.shape != (len(dataset), self.dimension):
             _damaged(self, version / EMBEDDINGS_FILE, f"shape {embeddings.shape}, expected {len(dataset)} rows")
         faiss_index = None
@@ -1028,6 +1030,7 @@ class ImageIndex:
             if faiss_index.ntotal != len(dataset):
                 _damaged(self, version / FAISS_FILE, f"{faiss_index.ntotal} vectors, expected {len(dataset)}")
         self.dataset, self.embeddings, self.faiss_index = dataset, embeddings, faiss_index
+        self._embeddings_file = embeddings_file
         self._masks = {}
         self.version = metadata["version"]
         self.index_type, self.index_options = metadata["index_type"], metadata["index_options"]
