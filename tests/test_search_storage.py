@@ -22,6 +22,7 @@ from viclip_ot import search
 from viclip_ot.search import (
     LOCK_FILE,
     METADATA_FILE,
+    EmbeddingsFile,
     ImageIndex,
     IndexDamagedError,
     IndexLockedError,
@@ -361,6 +362,20 @@ def exact_top(vectors, queries, k, allowed=None):
     if allowed is not None:
         scores[:, ~allowed] = -np.inf
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def test_embeddings_file_reads_the_rows_asked_for(tmp_path):
+    """Rows read from disk (runs of consecutive ids in one read, single rows, the last row) equal numpy's own
+    reading of the file, and the blocks cover every row in order."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((1000, 24), dtype=np.float32)
+    np.save(tmp_path / "e.npy", vectors)
+    embeddings = EmbeddingsFile(tmp_path / "e.npy")
+    ids = np.sort(np.concatenate([rng.choice(1000, 50, replace=False), np.arange(300, 340), [0, 999]]))
+    ids = np.unique(ids)
+    np.testing.assert_array_equal(embeddings[ids], vectors[ids])
+    np.testing.assert_array_equal(embeddings[[]], vectors[:0])
+    np.testing.assert_array_equal(np.concatenate(list(embeddings.blocks(size=300))), vectors)
 
 
 @pytest.mark.parametrize("index_type", ["ivfpq", "opq"])
