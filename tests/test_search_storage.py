@@ -366,7 +366,7 @@ def exact_top(vectors, queries, k, allowed=None):
 
 def test_embeddings_file_reads_the_rows_asked_for(tmp_path):
     """Rows read from disk (runs of consecutive ids in one read, single rows, the last row) equal numpy's own
-    reading of the file, and the blocks cover every row in order."""
+    reading of the file, the blocks cover every row in order, and a file cut short is reported, named."""
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((1000, 24), dtype=np.float32)
     np.save(tmp_path / "e.npy", vectors)
@@ -376,6 +376,10 @@ def test_embeddings_file_reads_the_rows_asked_for(tmp_path):
     np.testing.assert_array_equal(embeddings[ids], vectors[ids])
     np.testing.assert_array_equal(embeddings[[]], vectors[:0])
     np.testing.assert_array_equal(np.concatenate(list(embeddings.blocks(size=300))), vectors)
+    with open(tmp_path / "e.npy", "r+b") as file:  # cut short while open (np.load rejects a short file on opening)
+        file.truncate(os.path.getsize(tmp_path / "e.npy") - 24 * 4 * 10)
+    with pytest.raises(IndexDamagedError, match=r"e\.npy is damaged \(it ends before row 1000\)"):
+        embeddings[[995, 996, 997, 998, 999]]
 
 
 @pytest.mark.parametrize("index_type", ["ivfpq", "opq"])

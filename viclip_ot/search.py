@@ -355,7 +355,7 @@ class EmbeddingsFile:
         while view:
             count = file.readinto(view)
             if not count:
-                raise EOFError(f"{self.path}: ends before row {start + len(rows)}")
+                raise IndexDamagedError(f"{self.path} is damaged (it ends before row {start + len(rows)})")
             view = view[count:]
         return rows
 
