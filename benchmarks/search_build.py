@@ -9,9 +9,9 @@ resident memory (VmHWM) and peak anonymous memory (RssAnon, sampled). Queries (o
 setting of the one index built, twice: first with the embeddings file's pages evicted from the page cache
 (`posix_fadvise`), so that every re-ranked row is read from the disk, as for a collection larger than the memory,
 then again with those rows cached (a filter answered exactly, such as the week, scans its rows through the index's
-memory map, whose pages cannot be evicted while mapped: from the second setting on its rows are cached in both); recall@10 is the overlap with the exact top 10 of the same filter (a scan of the
-memory-mapped embeddings). Filtered queries: the images under one folder (a quarter of them) and the images of one
-week (about 0.2 %).
+memory map, whose pages cannot be evicted while mapped: from the second setting on its rows are cached in both);
+recall@10 is the overlap with the exact top 10 of the same filter (a scan of the memory-mapped embeddings).
+Filtered queries: the images under one folder (a quarter of them) and the images of one week (about 0.2 %).
 
     python benchmarks/search_build.py --sizes 100000 1000000      # writes benchmarks/results/search-build.md
     python benchmarks/search_build.py --sizes 1000000 --data clustered --output OTHER.md
