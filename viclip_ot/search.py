@@ -529,14 +529,20 @@ class ImageIndex:
         self.model_name = model_name
         self.version = None
         self.dataset = datasets.Dataset.from_dict({column: [] for column in _row_features()}, _row_features())
-        self.embeddings = np.empty((0, dimension), np.float32)
-        self._embeddings_file = None  # the open version's embeddings, read row by row for re-ranking
+        self._embeddings_file = None  # the open version's embeddings (`None`: no version yet)
         self.faiss_index = None
         self._masks = {}  # [`_mask`]'s filters of the open version
         self.summary = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """The `(n, dimension)` embeddings of the open version, memory-mapped."""
+        if self._embeddings_file is None:
+            return np.empty((0, self.dimension), np.float32)
+        return self._embeddings_file.memmap
 
     @property
     def paths(self) -> list[Path]:
@@ -1029,16 +1035,14 @@ class ImageIndex:
         version = self.folder / metadata["version"]
         dataset = _read(self, version / ROWS_FOLDER, lambda path: datasets.load_from_disk(str(path)))
         embeddings_file = _read(self, version / EMBEDDINGS_FILE, EmbeddingsFile)
-        embeddings = embeddings_file.memmap
-        if embeddings.shape != (len(dataset), self.dimension):
-            _damaged(self, version / EMBEDDINGS_FILE, f"shape {embeddings.shape}, expected {len(dataset)} rows")
+        if embeddings_file.shape != (len(dataset), self.dimension):
+            _damaged(self, version / EMBEDDINGS_FILE, f"shape {embeddings_file.shape}, expected {len(dataset)} rows")
         faiss_index = None
         if metadata.get("faiss_index", "flat") != "flat":
             faiss_index = _read(self, version / FAISS_FILE, lambda path: faiss.read_index(str(path)))
             if faiss_index.ntotal != len(dataset):
                 _damaged(self, version / FAISS_FILE, f"{faiss_index.ntotal} vectors, expected {len(dataset)}")
-        self.dataset, self.embeddings, self.faiss_index = dataset, embeddings, faiss_index
-        self._embeddings_file = embeddings_file
+        self.dataset, self._embeddings_file, self.faiss_index = dataset, embeddings_file, faiss_index
         self._masks = {}
         self.version = metadata["version"]
         self.index_type, self.index_options = metadata["index_type"], metadata["index_options"]
